@@ -15,7 +15,7 @@ Fixtures:
 - ``database_url``: ``postgres_url`` when PostgreSQL is there, otherwise a SQLite file (the embedded default
   of design.md). Never skips.
 - ``redis_url`` + ``redis_prefix``: Redis and a key prefix unique to the test.
-- ``mqtt_broker``: ``(host, port)`` of a reachable broker; without Mosquitto (and outside CI) an embedded amqtt
+- ``mqtt_broker``: ``(host, port)`` of a reachable broker; without Mosquitto (outside CI) an embedded amqtt
   broker is started for the session. ``mqtt_is_embedded`` tells which.
 - ``topic_prefix``: a unique MQTT topic prefix per test (prepend it to the device topics).
 """
@@ -34,10 +34,18 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# "dev" keeps local runs quick; "ci" (selected by .ci/run) explores more examples.
+settings.register_profile("dev", max_examples=150, deadline=None)
+settings.register_profile("ci", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REQUIRE_SERVICES = os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
 
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MQTT_HOST = os.environ.get("TEST_MQTT_HOST", "127.0.0.1")
 MQTT_PORT = int(os.environ.get("TEST_MQTT_PORT", "1883"))

@@ -1,0 +1,63 @@
+# The front door. `make help` lists every target with its description.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv is the only tool needed up front; it is installed from PyPI when missing.
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: uv
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+.PHONY: install
+install: uv ## Create .venv and install every workspace package from uv.lock
+	$(UV) sync --all-packages --frozen
+
+.PHONY: dev
+dev: install ## Run the whole system locally: embedded broker, core (SQLite), ingest, 10 simulated stations
+	$(UV) run python scripts/dev.py
+
+.PHONY: test
+test: install ## Run the test suite (tests needing an absent server are skipped, with the reason)
+	$(UV) run pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff lint and format check
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+.PHONY: format
+format: install ## Apply ruff formatting and safe fixes
+	$(UV) run ruff format .
+	$(UV) run ruff check --fix .
+
+.PHONY: typecheck
+typecheck: install ## mypy over all packages
+	$(UV) run mypy
+
+.PHONY: migrate
+migrate: install ## Apply the database migrations (CORE_DB__URL selects the database)
+	$(UV) run alembic upgrade head
+
+.PHONY: bench
+bench: install ## Benchmarks: codec, core sync endpoint, full pipeline (need PostgreSQL and mosquitto for the last two)
+	$(UV) run python bench/bench_codec.py
+	$(UV) run python bench/bench_core.py
+	$(UV) run python bench/bench_pipeline.py
+
+.PHONY: up
+up: ## Start the production-like stack with docker compose (EMQX, PostgreSQL, Redis, core, ingest)
+	docker compose -f deploy/compose.yaml up -d --build
+
+.PHONY: down
+down: ## Stop the docker compose stack
+	docker compose -f deploy/compose.yaml down
+
+.PHONY: clean
+clean: ## Remove local state (SQLite files, spools) and caches
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
