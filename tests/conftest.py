@@ -22,7 +22,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -191,8 +190,3 @@ def topic_prefix() -> str:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return asyncio.DefaultEventLoopPolicy()
