@@ -1,0 +1,266 @@
+"""`make dev`: the whole system on one machine, from a fresh checkout.
+
+Starts, as child processes: an MQTT broker (the embedded one, unless something already listens on the broker
+port), core on SQLite (migrated; an ingest service account and a dev admin are created), the ingest pointing
+at core and the broker, and the station simulator. The simulated stations are deployed through core's admin
+API as they appear (dev only: core hides undeployed stations from the public list), so
+``GET /api/stations`` shows them, their slots and banks within a minute. Ctrl-C or SIGTERM stops everything,
+the simulator first. Files (SQLite, spool, logs) live in ``var/dev/``; ``--fresh`` starts from empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from chargeghar_ingest.simulator.fleet import generate_imeis
+from chargeghar_ingest.simulator.stack import (
+    LocalStack,
+    ServiceProcess,
+    StackConfig,
+    StackError,
+    embedded_broker_process,
+    free_port,
+    port_open,
+    python_module,
+    wait_for_port,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VAR_DIR = REPO_ROOT / "var" / "dev"
+ADMIN_EMAIL = "admin@chargeghar.local"
+ADMIN_PASSWORD = "admin-dev-password"  # noqa: S105 - printed for the developer; local SQLite only
+# Simulated stations are placed on a small grid around Kathmandu's Durbar Marg.
+MAP_ORIGIN = (27.7104, 85.3180)
+GRID_STEP_DEG = 0.004
+STATUS_EVERY_S = 20.0
+POLL_S = 2.0
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stations", type=int, default=10)
+    parser.add_argument("--slots", type=int, default=12)
+    parser.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--core-port", type=int, default=8000, help="a free port is used when taken")
+    parser.add_argument("--ingest-port", type=int, default=8100, help="a free port is used when taken")
+    parser.add_argument("--broker-port", type=int, default=1883)
+    parser.add_argument("--fresh", action="store_true", help="delete var/dev (database, spool, logs) first")
+    parser.add_argument("--no-deploy", action="store_true", help="leave simulated stations undeployed")
+    return parser.parse_args(argv)
+
+
+def available(port: int) -> int:
+    return free_port() if port_open("127.0.0.1", port) else port
+
+
+def start_broker(port: int) -> ServiceProcess | None:
+    if port_open("127.0.0.1", port):
+        print(f"• MQTT broker: using the one already listening on 127.0.0.1:{port}")
+        return None
+    broker = embedded_broker_process(port, log_path=VAR_DIR / "logs" / "broker.log").start()
+    wait_for_port("127.0.0.1", port, 20, broker)
+    print(f"• MQTT broker: embedded (amqtt) on 127.0.0.1:{port}")
+    return broker
+
+
+class StationDeployer:
+    """Logs in as the dev admin and deploys the simulated stations once core has seen them."""
+
+    def __init__(self, core_url: str, imeis: list[str]) -> None:
+        self.client = httpx.Client(base_url=core_url, timeout=10.0)
+        self.position = {imei: index for index, imei in enumerate(imeis)}
+        self.deployed: set[str] = set()
+        self.token: str | None = None
+
+    def _headers(self) -> dict[str, str]:
+        if self.token is None:
+            response = self.client.post(
+                "/api/admin/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+            )
+            response.raise_for_status()
+            self.token = str(response.json()["data"]["access_token"])
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def deploy_new(self) -> list[str]:
+        if len(self.deployed) == len(self.position):
+            return []
+        response = self.client.get(
+            "/api/admin/stations", params={"deployed": "false", "page_size": 100}, headers=self._headers()
+        )
+        if response.status_code == 401:
+            self.token = None
+            return []
+        response.raise_for_status()
+        newly: list[str] = []
+        for station in response.json()["data"]["items"]:
+            imei = station.get("imei")
+            if imei not in self.position or imei in self.deployed:
+                continue
+            index = self.position[imei]
+            row, column = divmod(index, 4)
+            update = {
+                "name": f"Simulated station {index + 1:02d}",
+                "latitude": round(MAP_ORIGIN[0] + row * GRID_STEP_DEG, 6),
+                "longitude": round(MAP_ORIGIN[1] + column * GRID_STEP_DEG, 6),
+                "address": "Kathmandu (simulated)",
+                "is_deployed": True,
+            }
+            patched = self.client.patch(
+                f"/api/admin/stations/{station['id']}", json=update, headers=self._headers()
+            )
+            if patched.is_success:
+                self.deployed.add(imei)
+                newly.append(imei)
+        return newly
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def public_station_count(core_url: str) -> int:
+    try:
+        response = httpx.get(f"{core_url}/api/stations", params={"page_size": 1}, timeout=5.0)
+        return int(response.json()["data"]["total"]) if response.is_success else -1
+    except (httpx.HTTPError, KeyError, ValueError):
+        return -1
+
+
+def print_banner(stack: LocalStack, imeis: list[str], broker_port: int) -> None:
+    core, ingest = stack.config.core_url, stack.config.ingest_url
+    print(
+        f"""
+ChargeGhar dev stack is up.
+  core API docs     {core}/docs
+  station list      {core}/api/stations            (deployed stations, with slots via /api/stations/<serial>)
+  one station       {core}/api/stations/{imeis[0]}
+  admin login       POST {core}/api/admin/login  {{"email": "{ADMIN_EMAIL}", "password": "{ADMIN_PASSWORD}"}}
+  admin stations    {core}/api/admin/stations      (all stations, deployed or not; bearer token)
+  ingest docs       {ingest}/docs   health {ingest}/health   metrics {ingest}/metrics.json
+  MQTT broker       127.0.0.1:{broker_port}
+  logs              {VAR_DIR / "logs"}/
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+
+
+def raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.fresh and VAR_DIR.exists():
+        shutil.rmtree(VAR_DIR)
+    logs = VAR_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, raise_stop)
+    signal.signal(signal.SIGINT, raise_stop)
+
+    broker: ServiceProcess | None = None
+    simulator: ServiceProcess | None = None
+    stack: LocalStack | None = None
+    deployer: StationDeployer | None = None
+    try:
+        broker = start_broker(args.broker_port)
+        config = StackConfig(
+            var_dir=VAR_DIR,
+            database_url=f"sqlite+aiosqlite:///{VAR_DIR / 'core.sqlite3'}",
+            broker_port=args.broker_port,
+            core_port=available(args.core_port),
+            ingest_port=available(args.ingest_port),
+            repo_root=REPO_ROOT,
+        )
+        stack = LocalStack(config)
+        stack.core.log_path = logs / "core.log"
+        stack.ingest.log_path = logs / "ingest.log"
+        print("• core: migrating the SQLite database and creating accounts …", flush=True)
+        stack.prepare()
+        stack.create_account(ADMIN_EMAIL, ADMIN_PASSWORD, kind="create-admin")
+        stack.start_core()
+        print(f"• core: {config.core_url}", flush=True)
+        stack.start_ingest()
+        print(f"• ingest: {config.ingest_url}", flush=True)
+
+        imeis = generate_imeis(args.stations, prefix="86460106", seed=args.seed)
+        simulator_flags = [
+            *("--stations", str(args.stations), "--slots", str(args.slots), "--speed", str(args.speed)),
+            *("--seed", str(args.seed), "--ingest-url", config.ingest_url, "--stats-every", "60"),
+            # Rented banks come back after 45 simulated minutes, so rentals made in the API complete.
+            *("--auto-return-after", "45"),
+        ]
+        simulator = ServiceProcess(
+            "simulator",
+            python_module("chargeghar_ingest.simulator", *simulator_flags),
+            log_path=logs / "simulator.log",
+            cwd=REPO_ROOT,
+        ).start()
+        print(
+            f"• simulator: {args.stations} stations × {args.slots} slots at speed {args.speed:g}", flush=True
+        )
+        print_banner(stack, imeis, args.broker_port)
+        deployer = None if args.no_deploy else StationDeployer(config.core_url, imeis)
+        supervise(stack, simulator, broker, deployer)
+    except StopRequested as stop:
+        print(f"\nstopping ({stop}) …", flush=True)
+    except StackError as error:
+        print(f"\n{error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if deployer is not None:
+            deployer.close()
+        if simulator is not None:
+            simulator.stop()
+        if stack is not None:
+            stack.stop()
+        if broker is not None:
+            broker.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+def supervise(
+    stack: LocalStack,
+    simulator: ServiceProcess,
+    broker: ServiceProcess | None,
+    deployer: StationDeployer | None,
+) -> None:
+    """Keep deploying new stations and print a status line; fail loudly when a child dies."""
+    next_status = time.monotonic() + 5.0
+    while True:
+        for child in (stack.core, stack.ingest, simulator, *([broker] if broker else [])):
+            child.check_alive()
+        if deployer is not None:
+            try:
+                for imei in deployer.deploy_new():
+                    print(f"  deployed station {imei}", flush=True)
+            except httpx.HTTPError as error:
+                print(f"  (deploying stations failed: {error}; retrying)", flush=True)
+        if time.monotonic() >= next_status:
+            count = public_station_count(stack.config.core_url)
+            print(f"  {time.strftime('%H:%M:%S')} public station list: {count} station(s)", flush=True)
+            next_status = time.monotonic() + STATUS_EVERY_S
+        time.sleep(POLL_S)
+
+
+def main() -> int:
+    return run(parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

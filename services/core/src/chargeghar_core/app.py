@@ -1,0 +1,89 @@
+"""The core FastAPI application: ``create_app()`` builds it; the lifespan owns every long-lived client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from chargeghar_core import health
+from chargeghar_core.auth.endpoints import router as auth_router
+from chargeghar_core.auth.tokens import TokenService
+from chargeghar_core.iot.endpoints import router as iot_router
+from chargeghar_core.iot.hooks import IotHooks
+from chargeghar_core.iot.recorder import FailureRecorder
+from chargeghar_core.iot.security import InternalGate
+from chargeghar_core.kit.db import create_engine, create_sessionmaker
+from chargeghar_core.kit.errors import install_error_handlers
+from chargeghar_core.kit.logging import CorrelationIdMiddleware, configure_logging
+from chargeghar_core.kit.migrate import ensure_sqlite_directory, upgrade_database
+from chargeghar_core.kit.ratelimit import InProcessRateLimiter, RateLimiter, RedisRateLimiter
+from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
+from chargeghar_core.powerbanks.service import ModelCatalog
+from chargeghar_core.settings import Settings, get_settings
+from chargeghar_core.stations.endpoints import admin_router as stations_admin_router
+from chargeghar_core.stations.endpoints import router as stations_router
+
+logger = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json_logs=settings.json_logs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.db.is_sqlite:
+            ensure_sqlite_directory(settings.db.url)
+        engine = create_engine(settings.db)
+        if settings.auto_migrate:
+            await upgrade_database(engine, settings.db)
+        redis = Redis.from_url(settings.redis.url) if settings.redis.url else None
+        # One pooled client for calls to the ingest's command API (contract.md §3).
+        http_client = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=3.0))
+        limiter: RateLimiter = (
+            RedisRateLimiter(redis, settings.redis.prefix) if redis is not None else InProcessRateLimiter()
+        )
+        sessionmaker = create_sessionmaker(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        app.state.redis = redis
+        app.state.http_client = http_client
+        app.state.internal_gate = InternalGate(settings, limiter)
+        app.state.failure_recorder = FailureRecorder(sessionmaker)
+        logger.info("core_started", environment=settings.environment, database=engine.dialect.name)
+        try:
+            yield
+        finally:
+            await http_client.aclose()
+            if redis is not None:
+                await redis.aclose()
+            await engine.dispose()
+            logger.info("core_stopped")
+
+    app = FastAPI(
+        title="ChargeGhar core",
+        version="0.1.0",
+        summary="Stations, slots, power banks and the internal station-data endpoint",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.settings = settings
+    app.state.tokens = TokenService(settings.jwt)
+    app.state.iot_hooks = hooks or IotHooks()
+    app.state.model_catalog = ModelCatalog()
+    install_error_handlers(app)
+    app.add_middleware(CorrelationIdMiddleware)
+    app.include_router(health.router)
+    app.include_router(auth_router)
+    app.include_router(iot_router)
+    app.include_router(stations_router)
+    app.include_router(stations_admin_router)
+    app.include_router(powerbanks_router)
+    return app

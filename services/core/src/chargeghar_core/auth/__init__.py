@@ -1,0 +1,1 @@
+"""Staff and service accounts, password hashing and JWT access/refresh tokens."""

@@ -1,0 +1,51 @@
+"""Who is calling: bearer-token dependencies for the staff and internal endpoints.
+
+Access tokens are trusted for their short lifetime without a database read (the internal endpoint is the
+hot path); revocation acts on refresh tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from chargeghar_core.auth.models import Role
+from chargeghar_core.auth.tokens import TokenClaims, TokenService
+from chargeghar_core.kit.errors import Forbidden, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from /api/admin/login")
+
+INTERNAL_ROLES = frozenset({Role.ADMIN, Role.STAFF, Role.SERVICE})
+STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
+
+
+def get_token_service(request: Request) -> TokenService:
+    service: TokenService = request.app.state.tokens
+    return service
+
+
+async def current_claims(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenClaims:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("Missing bearer token")
+    return get_token_service(request).decode(credentials.credentials, "access")
+
+
+async def internal_caller(claims: Annotated[TokenClaims, Depends(current_claims)]) -> TokenClaims:
+    if claims.role not in INTERNAL_ROLES:
+        raise Forbidden("Staff or service account required")
+    return claims
+
+
+async def staff_user(claims: Annotated[TokenClaims, Depends(current_claims)]) -> TokenClaims:
+    if claims.role not in STAFF_ROLES:
+        raise Forbidden("Staff account required")
+    return claims
+
+
+InternalCaller = Annotated[TokenClaims, Depends(internal_caller)]
+StaffUser = Annotated[TokenClaims, Depends(staff_user)]

@@ -1,0 +1,301 @@
+"""POST /api/internal/stations/data and /data/batch (contract.md §2).
+
+Order of checks: bearer token (401/403, a dependency) → caller IP → rate limit → signature over the raw
+bytes → JSON → type → schema → duplicate → processing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import structlog
+from chargeghar_protocol.contract import (
+    STATION_EVENT_ADAPTER,
+    BatchItemResult,
+    ErrorCode,
+    StationEvent,
+    error_code_for_validation_error,
+    parse_station_event,
+    validation_error_details,
+)
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chargeghar_core.auth.dependencies import InternalCaller
+from chargeghar_core.iot.recorder import FailureRecorder
+from chargeghar_core.iot.schemas import (
+    BATCH_BODY_DOC,
+    ERROR_RESPONSES,
+    SINGLE_EVENT_BODY_DOC,
+    BatchEnvelope,
+    StationDataEnvelope,
+)
+from chargeghar_core.iot.security import InternalGate
+from chargeghar_core.iot.service import (
+    FAILURE_CODES,
+    EventContext,
+    EventProcessingFailed,
+    StationEventProcessor,
+    failure_log_entry,
+)
+from chargeghar_core.kit.db import DbSession, utcnow
+from chargeghar_core.kit.errors import CoreError, ValidationFailed
+from chargeghar_core.stations.repository import SyncLogRepository
+
+logger = structlog.get_logger(__name__)
+
+router = APIRouter(prefix="/api/internal/stations", tags=["internal"])
+
+EVENT_ID_HEADER = "X-Event-Id"
+MAX_EVENT_KEY_LENGTH = 200
+MAX_BATCH_EVENTS = 500
+
+
+def _gate(request: Request) -> InternalGate:
+    gate: InternalGate = request.app.state.internal_gate
+    return gate
+
+
+def _recorder(request: Request) -> FailureRecorder:
+    recorder: FailureRecorder = request.app.state.failure_recorder
+    return recorder
+
+
+def _processor(request: Request, session: AsyncSession) -> StationEventProcessor:
+    return StationEventProcessor(session, request.app.state.iot_hooks, request.app.state.model_catalog)
+
+
+class _ParseFailure(CoreError):
+    status_code = 400
+
+
+def _decode_json(body: bytes) -> Any:
+    """Only for the batch envelope; a single event is parsed straight from the bytes by pydantic."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _ParseFailure("Body is not valid JSON", code=ErrorCode.INVALID_JSON.value) from exc
+
+
+def _parse_event(raw: Any) -> StationEvent:
+    """``raw``: the request bytes (parsed by pydantic's JSON parser directly) or a batch item."""
+    try:
+        if isinstance(raw, bytes):
+            return parse_station_event(raw)
+        return STATION_EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        code = error_code_for_validation_error(exc)
+        message = (
+            "Unknown or missing event type" if code is ErrorCode.INVALID_TYPE else "Invalid station event"
+        )
+        raise _ParseFailure(message, code=code.value, details=validation_error_details(exc)) from exc
+
+
+def _event_key(explicit: str | None, fallback: str) -> str:
+    return (explicit or fallback)[:MAX_EVENT_KEY_LENGTH]
+
+
+def failure_answer(exc: Exception, event_type: str) -> CoreError:
+    if isinstance(exc, CoreError) and exc.status_code < 500:
+        return exc
+    code = FAILURE_CODES.get(event_type, ErrorCode.SYNC_ERROR.value)
+    return EventProcessingFailed(f"{event_type} event could not be processed", code=code)
+
+
+@router.post(
+    "/data",
+    response_model=StationDataEnvelope,
+    summary="Apply one station event (full / returned / status / command_result / slot_event)",
+    responses=ERROR_RESPONSES,
+    openapi_extra=SINGLE_EVENT_BODY_DOC,
+)
+async def station_data(request: Request, caller: InternalCaller, session: DbSession) -> JSONResponse:
+    started = time.perf_counter()
+    gate = _gate(request)
+    gate.check_ip(request)
+    await gate.check_rate(caller)
+    body = await request.body()
+    signature = gate.verify_signature(body, request.headers)
+    received_at = utcnow()
+
+    payload_json = body.decode("utf-8", errors="replace")
+    try:
+        event = _parse_event(body)
+    except _ParseFailure as failure:
+        context = EventContext(
+            _event_key(request.headers.get(EVENT_ID_HEADER), f"sig:{signature}"),
+            received_at,
+            payload_json,
+            started,
+        )
+        await _record_parse_failure(request, body, failure, context)
+        raise
+
+    context = EventContext(
+        event_key=_event_key(request.headers.get(EVENT_ID_HEADER) or event.event_id, f"sig:{signature}"),
+        received_at=received_at,
+        payload_json=payload_json,
+        started=started,
+    )
+    processor = _processor(request, session)
+    structlog.contextvars.bind_contextvars(
+        event_id=context.event_key, event_type=event.type, station_key=event.device.identity
+    )
+    try:
+        outcome = await processor.process(event, context)
+    except Exception as exc:
+        answer = failure_answer(exc, event.type)
+        # The event is this request's transaction: undo it first, then record the failure on another
+        # connection (SQLite has a single writer; the rolled-back transaction must not hold it).
+        await session.rollback()
+        await _recorder(request).record(
+            failure_log_entry(
+                event_type=event.type, station_key=event.device.identity, context=context, error=repr(exc)
+            )
+        )
+        _log_failure(exc, answer, event.type, context.event_key)
+        raise answer from exc
+    return JSONResponse({"success": True, "message": outcome.message, "data": outcome.data})
+
+
+async def _record_parse_failure(
+    request: Request, body: bytes, failure: CoreError, context: EventContext
+) -> None:
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raw = None
+    entry = failure_log_entry(
+        event_type=_declared_type(raw),
+        station_key=_declared_station(raw),
+        context=context,
+        error=f"{failure.code}: {failure.message}",
+    )
+    await _recorder(request).record(entry)
+
+
+def _declared_type(raw: Any) -> str:
+    declared = raw.get("type") if isinstance(raw, dict) else None
+    return declared[:32] if isinstance(declared, str) and declared else "unknown"
+
+
+def _declared_station(raw: Any) -> str | None:
+    device = raw.get("device") if isinstance(raw, dict) else None
+    if not isinstance(device, dict):
+        return None
+    key = device.get("imei") or device.get("serial_number")
+    return str(key)[:64] if key else None
+
+
+def _log_failure(exc: Exception, failure: CoreError, event_type: str, event_key: str) -> None:
+    if failure.status_code >= 500:
+        logger.error("station_event_failed", event_type=event_type, event_key=event_key, exc_info=exc)
+    else:
+        logger.warning(
+            "station_event_rejected", event_type=event_type, event_key=event_key, error=failure.message
+        )
+
+
+@router.post(
+    "/data/batch",
+    response_model=BatchEnvelope,
+    summary="Apply many station events; all-or-nothing per event, results in order",
+    responses=ERROR_RESPONSES,
+    openapi_extra=BATCH_BODY_DOC,
+)
+async def station_data_batch(request: Request, caller: InternalCaller, session: DbSession) -> JSONResponse:
+    started = time.perf_counter()
+    gate = _gate(request)
+    gate.check_ip(request)
+    await gate.check_rate(caller)
+    body = await request.body()
+    signature = gate.verify_signature(body, request.headers)
+    received_at = utcnow()
+
+    document = _decode_json(body)
+    events = document.get("events") if isinstance(document, dict) else None
+    if not isinstance(events, list) or not events:
+        raise ValidationFailed(details={"events": ["a non-empty list of events is required"]})
+    if len(events) > MAX_BATCH_EVENTS:
+        raise ValidationFailed(details={"events": [f"at most {MAX_BATCH_EVENTS} events per batch"]})
+
+    processor = _processor(request, session)
+    results = [
+        await _process_batch_item(session, processor, index, raw, signature, received_at, started)
+        for index, raw in enumerate(events)
+    ]
+    return JSONResponse(
+        {"success": True, "message": f"{len(results)} events processed", "data": {"results": results}}
+    )
+
+
+async def _process_batch_item(
+    session: AsyncSession,
+    processor: StationEventProcessor,
+    index: int,
+    raw: Any,
+    signature: str,
+    received_at: Any,
+    started: float,
+) -> dict[str, Any]:
+    explicit_id = (
+        raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
+    )
+    context = EventContext(
+        event_key=_event_key(explicit_id, f"sig:{signature}:{index}"),
+        received_at=received_at,
+        payload_json=json.dumps(raw),
+        started=started,
+    )
+    try:
+        event = _parse_event(raw)
+    except _ParseFailure as failure:
+        event_type = (
+            raw.get("type") if isinstance(raw, dict) and isinstance(raw.get("type"), str) else "unknown"
+        )
+        entry = failure_log_entry(
+            event_type=str(event_type)[:32],
+            station_key=None,
+            context=context,
+            error=f"{failure.code}: {failure.message}",
+        )
+        await SyncLogRepository(session).add_resolving_station(entry)
+        return _item(index, explicit_id, failure)
+
+    try:
+        # A savepoint per event: a failing event rolls back alone, the others of the batch stay applied.
+        async with session.begin_nested():
+            outcome = await processor.process(event, context)
+    except Exception as exc:
+        answer = failure_answer(exc, event.type)
+        entry = failure_log_entry(
+            event_type=event.type, station_key=event.device.identity, context=context, error=repr(exc)
+        )
+        # Outside the event's savepoint (already rolled back): kept even though the event is not applied.
+        await SyncLogRepository(session).add_resolving_station(entry)
+        _log_failure(exc, answer, event.type, context.event_key)
+        return _item(index, explicit_id, answer)
+    return BatchItemResult(
+        index=index,
+        event_id=explicit_id,
+        success=True,
+        status_code=200,
+        message=outcome.message,
+        data=outcome.data,
+    ).to_wire()
+
+
+def _item(index: int, event_id: str | None, failure: CoreError) -> dict[str, Any]:
+    return BatchItemResult(
+        index=index,
+        event_id=event_id,
+        success=False,
+        status_code=failure.status_code,
+        message=failure.message,
+        error=failure.code,
+        details=failure.details,
+    ).to_wire()

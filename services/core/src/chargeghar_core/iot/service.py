@@ -1,0 +1,651 @@
+"""Applying station events (contract.md §2): idempotency, stale detection, snapshot reconciliation.
+
+One :class:`StationEventProcessor` call applies one event inside the caller's transaction (the request's,
+or a savepoint per event in a batch) and only flushes. A full snapshot costs a constant number of SQL
+statements whatever the slot count: every slot and every bank is written by one multi-row upsert. On
+PostgreSQL an applied snapshot is three statements (claim + station lock, banks, slots + station + result +
+sync log; see ``iot.repository``), on SQLite the same steps one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from chargeghar_protocol.contract import (
+    CommandResultEvent,
+    ErrorCode,
+    FullEvent,
+    FullSyncResult,
+    PowerBankStatus,
+    ReturnedEvent,
+    SlotEvent,
+    SlotStatus,
+    StationEvent,
+    StationStatus,
+    StatusEvent,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chargeghar_core.iot.hooks import IotHooks, ReturnContext
+from chargeghar_core.iot.repository import (
+    ProcessedEventRepository,
+    SnapshotFinish,
+    SnapshotWriter,
+    SyncLogRow,
+)
+from chargeghar_core.kit.db import utcnow
+from chargeghar_core.kit.errors import CoreError, ValidationFailed
+from chargeghar_core.powerbanks.models import PowerBank
+from chargeghar_core.powerbanks.repository import BankObservation, PowerBankRepository
+from chargeghar_core.powerbanks.service import ModelCatalog, resolve_model
+from chargeghar_core.stations.models import Station, StationStatusHistory, SyncLog, SyncOutcome
+from chargeghar_core.stations.repository import SlotObservation, StationRepository
+
+logger = structlog.get_logger(__name__)
+
+# The error code a failed event is answered with, by event type (contract.md §2 item 6).
+FAILURE_CODES: Mapping[str, str] = {
+    "full": ErrorCode.SYNC_ERROR.value,
+    "returned": ErrorCode.RETURN_ERROR.value,
+    "status": ErrorCode.STATUS_ERROR.value,
+    "command_result": ErrorCode.SYNC_ERROR.value,
+    "slot_event": ErrorCode.SYNC_ERROR.value,
+}
+
+_OPERATOR_HELD_BANK_STATUSES = frozenset({PowerBankStatus.MAINTENANCE.value, PowerBankStatus.DAMAGED.value})
+
+
+class EventProcessingFailed(CoreError):
+    """An unexpected error while applying an event: answered 500 with the type's code, never a bare 500."""
+
+    status_code = 500
+    code = ErrorCode.SYNC_ERROR.value
+    default_message = "Station event could not be processed"
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    outcome: SyncOutcome
+    message: str
+    data: dict[str, Any]
+    station_id: uuid.UUID | None
+    # True when the result and the sync-log row were already written with the event's last statement.
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    event_key: str
+    received_at: datetime
+    payload_json: str  # the event as received, stored in the sync log
+    started: float  # time.perf_counter() when the request started, for the sync log's duration
+
+
+class StationEventProcessor:
+    def __init__(self, session: AsyncSession, hooks: IotHooks, catalog: ModelCatalog) -> None:
+        self.session = session
+        self.hooks = hooks
+        self.catalog = catalog
+        self.stations = StationRepository(session)
+        self.banks = PowerBankRepository(session)
+        self.processed = ProcessedEventRepository(session)
+
+    async def process(self, event: StationEvent, context: EventContext) -> EventOutcome:
+        """Apply ``event`` once. A repeat of an applied event answers the first result as a duplicate."""
+        _check_identifier_lengths(event)
+        # The station row stays locked until the transaction ends: two events of one station apply one
+        # after the other, and the stale check below sees the newest observed_at.
+        claimed, station = await self.processed.claim_and_lock(
+            context.event_key, event.type, event.device.identity, context.received_at
+        )
+        if not claimed:
+            return await self._duplicate(event, context)
+        if isinstance(event, FullEvent):
+            outcome = await self._apply_full(event, station, context)
+        elif isinstance(event, ReturnedEvent):
+            outcome = await self._apply_returned(event, station, context)
+        elif isinstance(event, StatusEvent):
+            outcome = await self._apply_status(event, station, context)
+        elif isinstance(event, SlotEvent):
+            outcome = await self._apply_slot_event(event, station, context)
+        else:
+            outcome = await self._apply_command_result(event, station, context)
+        if not outcome.finished:
+            await self.processed.complete_and_log(
+                context.event_key,
+                outcome=outcome.outcome.value,
+                station_id=outcome.station_id,
+                result=outcome.data,
+                log=self._log_row(event, context, outcome.outcome, outcome.station_id),
+            )
+        await self.session.flush()
+        return outcome
+
+    async def _duplicate(self, event: StationEvent, context: EventContext) -> EventOutcome:
+        outcome, result, station_id = await self.processed.stored(context.event_key)
+        data = {**(result or {}), "duplicate": True}
+        await self.processed.add_log(self._log_row(event, context, SyncOutcome.DUPLICATE, station_id))
+        logger.info("station_event_duplicate", event_key=context.event_key, first_outcome=outcome)
+        return EventOutcome(SyncOutcome.DUPLICATE, "Duplicate event; already processed", data, station_id)
+
+    @staticmethod
+    def _log_row(
+        event: StationEvent, context: EventContext, outcome: SyncOutcome, station_id: uuid.UUID | None
+    ) -> SyncLogRow:
+        return SyncLogRow(
+            station_id=station_id,
+            station_key=event.device.identity[:64],
+            event_type=event.type,
+            event_id=context.event_key,
+            outcome=outcome.value,
+            payload_json=context.payload_json,
+            duration_ms=round((time.perf_counter() - context.started) * 1000, 3),
+            created_at=context.received_at,
+        )
+
+    # ------------------------------------------------------------------ stations
+
+    async def _create_station(self, event: StationEvent, now: datetime) -> Station:
+        """A station seen for the first time: a placeholder, not deployed, locked like the others."""
+        imei = event.device.identity
+        serial = event.device.serial_number or imei
+        if isinstance(event, FullEvent):
+            serial = event.station.serial_number or serial
+        name = f"New station {imei}"
+        if not await self.stations.insert_placeholder(imei=imei, serial_number=serial, name=name, now=now):
+            # Either a concurrent event created it (found below) or another station owns that serial.
+            station = await self.stations.lock_by_imei(imei)
+            if station is not None:
+                return station
+            await self.stations.insert_placeholder(
+                imei=imei, serial_number=f"IMEI-{imei}", name=name, now=now
+            )
+        station = await self.stations.lock_by_imei(imei)
+        if station is None:
+            raise EventProcessingFailed(f"Station {imei} could not be created")
+        logger.info("station_created", imei=imei, station_id=str(station.id))
+        return station
+
+    @staticmethod
+    def _status_change(
+        station: Station, new_status: str, trigger: str, at: datetime
+    ) -> StationStatusHistory | None:
+        """The history row of a status change (None when the status stays), with the time spent before."""
+        if station.status == new_status:
+            return None
+        previous_duration = None
+        if station.status_changed_at is not None:
+            previous_duration = max(0.0, (at - station.status_changed_at).total_seconds())
+        return StationStatusHistory(
+            id=uuid.uuid4(),
+            station_id=station.id,
+            previous_status=station.status,
+            status=new_status,
+            trigger=trigger,
+            changed_at=at,
+            previous_duration_s=previous_duration,
+        )
+
+    async def _change_status(self, station: Station, new_status: str, trigger: str, at: datetime) -> bool:
+        change = self._status_change(station, new_status, trigger, at)
+        if change is None:
+            return False
+        await self.stations.add_history(change)
+        station.status = new_status
+        station.status_changed_at = at
+        return True
+
+    # ------------------------------------------------------------------ full
+
+    async def _apply_full(
+        self, event: FullEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        now = context.received_at
+        observed_at = event.observed_at or now
+        station = station or await self._create_station(event, now)
+        if station.observed_at is not None and observed_at < station.observed_at:
+            data = FullSyncResult(
+                station_id=str(station.id),
+                station_serial=station.serial_number,
+                slots_updated=0,
+                powerbanks_updated=0,
+                returns_reconciled=0,
+                applied=False,
+                timestamp=now,
+            ).to_wire()
+            logger.info("snapshot_stale", station_id=str(station.id), observed_at=observed_at.isoformat())
+            return EventOutcome(
+                SyncOutcome.STALE,
+                "Older snapshot than the one applied; recorded, not applied",
+                data,
+                station.id,
+            )
+
+        slot_rows, bank_rows = self._snapshot_rows(event, station.id)
+        returns = await self.hooks.snapshot_returns.reconcile_snapshot(
+            self.session,
+            station_id=station.id,
+            bank_serials=[bank.serial_number for bank in bank_rows],
+            observed_at=observed_at,
+            event_key=context.event_key,
+        )
+        if bank_rows:
+            prefixes = await self.catalog.prefixes(self.banks.model_prefixes)
+            bank_rows = [self._with_model(bank, prefixes) for bank in bank_rows]
+        writer = SnapshotWriter(self.session)
+        bank_ids = await writer.write_banks(station.id, bank_rows, now)
+        slots = [
+            SlotObservation(
+                slot_number=row.slot_number,
+                status=row.status,
+                battery_level=row.battery_level,
+                power_bank_id=bank_ids.get(row.bank_serial) if row.bank_serial else None,
+                metadata=row.metadata,
+            )
+            for row in slot_rows
+        ]
+        # The cabinet's size: as reported, or larger when the snapshot lists a higher slot. Slots beyond it
+        # exist only if it shrank, so the DELETE is needed only then.
+        highest = max([event.station.total_slots, *(slot.slot_number for slot in slots)])
+        if highest < station.total_slots:
+            await self.stations.delete_slots_above(station.id, highest)
+
+        device = event.device
+        new_status = (device.status or StationStatus.ONLINE).value
+        change = self._status_change(station, new_status, "full", observed_at)
+        if change is not None:
+            await self.stations.add_history(change)
+            await self.session.flush()
+        data = FullSyncResult(
+            station_id=str(station.id),
+            station_serial=station.serial_number,
+            slots_updated=len(slots),
+            powerbanks_updated=len(bank_ids),
+            returns_reconciled=returns,
+            applied=True,
+            timestamp=now,
+        ).to_wire()
+        finish = SnapshotFinish(
+            station_values={
+                "status": new_status,
+                "status_changed_at": observed_at if change is not None else station.status_changed_at,
+                "total_slots": highest,
+                "hardware_info": _merged_hardware_info(station.hardware_info, event),
+                "last_heartbeat": device.last_heartbeat or observed_at,
+                "observed_at": observed_at,
+                "modified_at": now,
+            },
+            event_key=context.event_key,
+            result=data,
+            log=self._log_row(event, context, SyncOutcome.SUCCESS, station.id),
+        )
+        await writer.write_slots_and_finish(station.id, slots, finish, now)
+        return EventOutcome(SyncOutcome.SUCCESS, "Station data synchronised", data, station.id, finished=True)
+
+    def _snapshot_rows(
+        self, event: FullEvent, station_id: uuid.UUID
+    ) -> tuple[list[_SlotRow], list[BankObservation]]:
+        """Slots and banks of a snapshot, each bank in at most one slot (the first slot naming it wins)."""
+        slot_rows: dict[int, _SlotRow] = {}
+        for slot in event.slots:
+            slot_rows[slot.slot_number] = _SlotRow(
+                slot_number=slot.slot_number,
+                status=slot.status.value,
+                battery_level=slot.battery_level,
+                bank_serial=slot.power_bank_serial or None,
+                metadata=slot.slot_metadata.to_wire(),
+            )
+        banks_by_serial = {bank.serial_number: bank for bank in event.power_banks}
+        bank_slot: dict[str, int] = {}
+        for row in slot_rows.values():
+            if row.bank_serial is None:
+                continue
+            if row.bank_serial in bank_slot:
+                logger.warning("bank_in_two_slots", serial=row.bank_serial, slot=row.slot_number)
+                row.bank_serial = None
+                continue
+            bank_slot[row.bank_serial] = row.slot_number
+        # A bank listed with current_slot whose slot did not name it: link it when that slot is free.
+        for serial, bank in banks_by_serial.items():
+            if serial in bank_slot or bank.current_slot is None:
+                continue
+            row_for_slot = slot_rows.get(bank.current_slot)
+            if row_for_slot is not None and row_for_slot.bank_serial is None:
+                row_for_slot.bank_serial = serial
+                bank_slot[serial] = bank.current_slot
+
+        observations: list[BankObservation] = []
+        for serial, slot_number in bank_slot.items():
+            listed = banks_by_serial.get(serial)
+            slot_row = slot_rows[slot_number]
+            observations.append(
+                BankObservation(
+                    serial_number=serial,
+                    model="",
+                    capacity_mah=0,
+                    status=(listed.status.value if listed else PowerBankStatus.AVAILABLE.value),
+                    battery_level=listed.battery_level if listed else slot_row.battery_level,
+                    hardware_info=listed.hardware_info.to_wire() if listed else {},
+                    station_id=station_id,
+                    slot_number=slot_number,
+                )
+            )
+        return list(slot_rows.values()), observations
+
+    @staticmethod
+    def _with_model(bank: BankObservation, prefixes: list[tuple[str, str, int]]) -> BankObservation:
+        spec = resolve_model(bank.serial_number, prefixes)
+        return BankObservation(
+            serial_number=bank.serial_number,
+            model=spec.model,
+            capacity_mah=spec.capacity_mah,
+            status=bank.status,
+            battery_level=bank.battery_level,
+            hardware_info=bank.hardware_info,
+            station_id=bank.station_id,
+            slot_number=bank.slot_number,
+        )
+
+    # ------------------------------------------------------------------ returned
+
+    async def _apply_returned(
+        self, event: ReturnedEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        now = context.received_at
+        info = event.return_event
+        if station is None:
+            raise ValidationFailed(
+                f"Unknown station {event.device.identity}",
+                details={"device.imei": ["no station with this identity"]},
+            )
+        existing_slot = await self.stations.get_slot(station.id, info.slot_number)
+        if existing_slot is None and not 1 <= info.slot_number <= station.total_slots:
+            raise ValidationFailed(
+                f"Station {station.serial_number} has no slot {info.slot_number}",
+                details={"return_event.slot_number": [f"unknown slot (station has {station.total_slots})"]},
+            )
+        bank = await self._bank_for_serial(info.power_bank_serial, now)
+        returned_at = info.returned_at or event.observed_at or now
+        rental = await self.hooks.returns.complete_open_rental(
+            self.session,
+            ReturnContext(
+                station_id=station.id,
+                station_serial=station.serial_number,
+                slot_number=info.slot_number,
+                power_bank_id=bank.id,
+                power_bank_serial=bank.serial_number,
+                battery_level=info.battery_level,
+                returned_at=returned_at,
+                condition=info.condition,
+                event_key=context.event_key,
+            ),
+        )
+        battery = info.battery_level if info.battery_level is not None else bank.battery_level
+        metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
+        metadata["last_return_at"] = returned_at.isoformat()
+        await self.stations.place_in_slot(
+            station.id,
+            SlotObservation(info.slot_number, SlotStatus.OCCUPIED.value, battery, bank.id, metadata),
+            now,
+        )
+        self._mark_bank_present(bank, station.id, info.slot_number, battery, now)
+        if info.condition.upper() == PowerBankStatus.DAMAGED.value:
+            bank.status = PowerBankStatus.DAMAGED.value
+        if info.hardware_info:
+            bank.hardware_info = {**bank.hardware_info, **info.hardware_info}
+        station.last_heartbeat = max(
+            filter(None, [station.last_heartbeat, event.device.last_heartbeat or now])
+        )
+
+        data: dict[str, Any] = {
+            "station_id": str(station.id),
+            "station_serial": station.serial_number,
+            "power_bank_serial": bank.serial_number,
+            "slot_number": info.slot_number,
+            "battery_level": battery,
+            "rehomed": rental is None,
+            "rental_id": None,
+            "rental_code": None,
+            "rental_status": None,
+            "returned_on_time": None,
+            "amount_due": None,
+        }
+        if rental is not None:
+            data.update(
+                rental_id=rental.rental_id,
+                rental_code=rental.rental_code,
+                rental_status=rental.rental_status,
+                returned_on_time=rental.returned_on_time,
+                amount_due=rental.amount_due,
+                **rental.extra,
+            )
+        message = "Rental returned" if rental is not None else "Power bank re-homed"
+        return EventOutcome(SyncOutcome.SUCCESS, message, data, station.id)
+
+    async def _bank_for_serial(self, serial: str, now: datetime) -> PowerBank:
+        bank = await self.banks.get_by_serial(serial)
+        if bank is not None:
+            return bank
+        spec = resolve_model(serial, await self.catalog.prefixes(self.banks.model_prefixes))
+        await self.banks.upsert_observed(
+            [
+                BankObservation(
+                    serial_number=serial,
+                    model=spec.model,
+                    capacity_mah=spec.capacity_mah,
+                    status=PowerBankStatus.AVAILABLE.value,
+                    battery_level=0,
+                    hardware_info={},
+                    station_id=None,
+                    slot_number=None,
+                )
+            ],
+            now,
+        )
+        created = await self.banks.get_by_serial(serial)
+        if created is None:
+            raise EventProcessingFailed(f"Power bank {serial} could not be created")
+        logger.info("power_bank_created", serial=serial, model=spec.model)
+        return created
+
+    @staticmethod
+    def _mark_bank_present(
+        bank: PowerBank, station_id: uuid.UUID, slot_number: int, battery: int, now: datetime
+    ) -> None:
+        bank.current_station_id = station_id
+        bank.current_slot_number = slot_number
+        bank.battery_level = battery
+        bank.last_seen_at = now
+        if bank.status not in _OPERATOR_HELD_BANK_STATUSES:
+            # Physically in a slot means not rented; the return hook has closed any open rental already.
+            bank.status = PowerBankStatus.AVAILABLE.value
+
+    # ------------------------------------------------------------------ status
+
+    async def _apply_status(
+        self, event: StatusEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        now = context.received_at
+        observed_at = event.observed_at or now
+        station = station or await self._create_station(event, now)
+        new_status = event.device.status.value
+        if station.status_changed_at is not None and observed_at < station.status_changed_at:
+            data = {
+                "station_id": str(station.id),
+                "station_serial": station.serial_number,
+                "status": station.status,
+                "status_changed": False,
+                "applied": False,
+            }
+            return EventOutcome(
+                SyncOutcome.STALE, "Older than the last status change; not applied", data, station.id
+            )
+        changed = await self._change_status(station, new_status, "status", observed_at)
+        if event.device.hardware_info is not None:
+            station.hardware_info = {**station.hardware_info, **event.device.hardware_info.to_wire()}
+        station.last_heartbeat = event.device.last_heartbeat or observed_at
+        data = {
+            "station_id": str(station.id),
+            "station_serial": station.serial_number,
+            "status": station.status,
+            "status_changed": changed,
+            "applied": True,
+        }
+        return EventOutcome(SyncOutcome.SUCCESS, "Station status recorded", data, station.id)
+
+    # ------------------------------------------------------------------ slot_event
+
+    async def _apply_slot_event(
+        self, event: SlotEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        now = context.received_at
+        observed_at = event.observed_at or now
+        if station is None:
+            raise ValidationFailed(
+                f"Unknown station {event.device.identity}",
+                details={"device.imei": ["no station with this identity"]},
+            )
+        data: dict[str, Any] = {
+            "station_id": str(station.id),
+            "station_serial": station.serial_number,
+            "slot_number": event.slot_number,
+            "slot_status": event.slot_status.value,
+            "power_bank_serial": event.power_bank_serial,
+            "applied": False,
+        }
+        if station.observed_at is not None and observed_at < station.observed_at:
+            return EventOutcome(
+                SyncOutcome.STALE, "Older than the last snapshot; not applied", data, station.id
+            )
+
+        existing_slot = await self.stations.get_slot(station.id, event.slot_number)
+        metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
+        metadata.update(
+            {
+                "state_code": event.state_code,
+                "state_name": event.state_name,
+                "state_description": event.state_description,
+                "control_index": event.control_index,
+                "last_updated": observed_at.isoformat(),
+            }
+        )
+        battery = event.battery_level or 0
+        bank: PowerBank | None = None
+        if event.power_bank_serial:
+            bank = await self._bank_for_serial(event.power_bank_serial, now)
+            battery = event.battery_level if event.battery_level is not None else bank.battery_level
+        await self.stations.place_in_slot(
+            station.id,
+            SlotObservation(
+                event.slot_number, event.slot_status.value, battery, bank.id if bank else None, metadata
+            ),
+            now,
+        )
+        if bank is not None:
+            self._mark_bank_present(bank, station.id, event.slot_number, battery, now)
+            if event.power_bank_status in (PowerBankStatus.DAMAGED, PowerBankStatus.MAINTENANCE):
+                bank.status = event.power_bank_status.value
+        data["applied"] = True
+        return EventOutcome(SyncOutcome.SUCCESS, "Slot updated", data, station.id)
+
+    # ------------------------------------------------------------------ command_result
+
+    async def _apply_command_result(
+        self, event: CommandResultEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        station_id = station.id if station is not None else None
+        settled = await self.hooks.command_results.settle(self.session, event, station_id)
+        data: dict[str, Any] = {
+            "station_id": str(station_id) if station_id else None,
+            "command_id": event.command_id,
+            "cmd": event.cmd,
+            "outcome": event.outcome,
+            "acknowledged": True,
+            "settled": settled,
+        }
+        return EventOutcome(SyncOutcome.SUCCESS, "Command result recorded", data, station_id)
+
+
+def failure_log_entry(
+    *, event_type: str, station_key: str | None, context: EventContext, error: str
+) -> SyncLog:
+    """The FAILED sync-log row of an event; ``station_id`` is resolved when it is written."""
+    return SyncLog(
+        id=uuid.uuid4(),
+        station_id=None,
+        station_key=station_key[:MAX_IDENTIFIER_LENGTH] if station_key else None,
+        event_type=event_type[:32],
+        event_id=context.event_key,
+        outcome=SyncOutcome.FAILED.value,
+        payload=_payload_dict(context.payload_json),
+        error=error[:4000],
+        duration_ms=round((time.perf_counter() - context.started) * 1000, 3),
+        created_at=utcnow(),
+    )
+
+
+@dataclass(slots=True)
+class _SlotRow:
+    slot_number: int
+    status: str
+    battery_level: int
+    bank_serial: str | None
+    metadata: dict[str, Any]
+
+
+# Column widths of the identifiers an event names (stations.imei, power_banks.serial_number).
+MAX_IDENTIFIER_LENGTH = 64
+
+
+def _check_identifier_lengths(event: StationEvent) -> None:
+    """The contract leaves identifiers unbounded; the columns are not. Refuse clearly (400 with the field
+    path) rather than fail inside the transaction (500)."""
+    too_long: dict[str, list[str]] = {}
+    message = f"at most {MAX_IDENTIFIER_LENGTH} characters"
+    if len(event.device.identity) > MAX_IDENTIFIER_LENGTH:
+        too_long["device.imei"] = [message]
+    serials: list[tuple[str, str | None]] = []
+    if isinstance(event, FullEvent):
+        serials += [
+            (f"slots.{i}.power_bank_serial", slot.power_bank_serial) for i, slot in enumerate(event.slots)
+        ]
+        serials += [
+            (f"power_banks.{i}.serial_number", bank.serial_number) for i, bank in enumerate(event.power_banks)
+        ]
+    elif isinstance(event, ReturnedEvent):
+        serials.append(("return_event.power_bank_serial", event.return_event.power_bank_serial))
+    elif isinstance(event, SlotEvent):
+        serials.append(("power_bank_serial", event.power_bank_serial))
+    for path, serial in serials:
+        if serial is not None and len(serial) > MAX_IDENTIFIER_LENGTH:
+            too_long[path] = [message]
+    if too_long:
+        raise ValidationFailed("Identifier too long", details=too_long)
+
+
+def _payload_dict(payload_json: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload_json)
+    except ValueError:
+        return {"raw": payload_json[:2000]}
+    return value if isinstance(value, dict) else {"body": value}
+
+
+def _merged_hardware_info(current: dict[str, Any], event: FullEvent) -> dict[str, Any]:
+    device = event.device
+    merged = dict(current)
+    if device.hardware_info is not None:
+        merged.update(device.hardware_info.to_wire())
+    if device.signal_strength is not None:
+        merged["signal_strength"] = device.signal_strength
+    if device.wifi_ssid is not None:
+        merged["wifi_ssid"] = device.wifi_ssid
+    merged["pinboards"] = [board.to_wire() for board in event.station.pinboards]
+    return merged

@@ -1,0 +1,1 @@
+"""Shared plumbing of core: database, errors, logging, rate limiting, migrations."""

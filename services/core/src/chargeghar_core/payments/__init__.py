@@ -1,0 +1,1 @@
+"""Wallet ledger, top-ups through payment providers (sandbox, Razorpay), payment history."""

@@ -1,0 +1,72 @@
+"""API models of the payments domain (amounts in integer paisa)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chargeghar_core.payments.models import LedgerEntry, Payment
+
+
+class WalletOut(BaseModel):
+    balance_paisa: int
+    currency: str
+    amount_due_paisa: int
+
+
+class LedgerEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    kind: str
+    amount_paisa: int
+    balance_after_paisa: int
+    rental_id: uuid.UUID | None
+    payment_id: uuid.UUID | None
+    note: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> LedgerEntryOut:
+        return cls.model_validate(entry)
+
+
+class TopupRequest(BaseModel):
+    amount_paisa: int = Field(gt=0)
+    provider: str | None = Field(default=None, max_length=32)
+
+
+class PaymentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    provider: str
+    provider_order_id: str
+    provider_payment_id: str | None
+    amount_paisa: int
+    currency: str
+    status: str
+    created_at: datetime
+    captured_at: datetime | None
+
+    @classmethod
+    def of(cls, payment: Payment) -> PaymentOut:
+        return cls.model_validate(payment)
+
+
+class TopupOut(BaseModel):
+    payment: PaymentOut
+    checkout: dict[str, Any]
+
+
+class ConfirmRequest(BaseModel):
+    provider_payment_id: str = Field(min_length=1, max_length=100)
+    signature: str = Field(min_length=1, max_length=200)
+
+
+class AdjustmentRequest(BaseModel):
+    amount_paisa: int = Field(description="Positive credits, negative debits; never zero")
+    reason: str = Field(min_length=3, max_length=250)

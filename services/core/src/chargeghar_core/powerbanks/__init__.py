@@ -1,0 +1,1 @@
+"""Power-bank inventory and the serial-prefix → model mapping."""

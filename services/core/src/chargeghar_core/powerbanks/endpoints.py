@@ -1,0 +1,72 @@
+"""Power-bank administration (staff): inventory list and the serial-prefix model table."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from chargeghar_protocol.contract import PowerBankStatus
+from fastapi import APIRouter, Query, Request
+
+from chargeghar_core.auth.dependencies import StaffUser
+from chargeghar_core.kit.db import DbSession
+from chargeghar_core.kit.errors import Conflict
+from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.powerbanks.models import PowerBankModel
+from chargeghar_core.powerbanks.repository import PowerBankRepository
+from chargeghar_core.powerbanks.schemas import PowerBankModelCreate, PowerBankModelView, PowerBankView
+
+router = APIRouter(prefix="/api/admin", tags=["admin: power banks"])
+
+
+@router.get("/powerbanks", response_model=Envelope[Page[PowerBankView]], summary="Power-bank inventory")
+async def list_power_banks(
+    _staff: StaffUser,
+    session: DbSession,
+    status: PowerBankStatus | None = None,
+    station_id: uuid.UUID | None = None,
+    search: Annotated[str | None, Query(max_length=64)] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Envelope[Page[PowerBankView]]:
+    banks, total = await PowerBankRepository(session).search_banks(
+        status=status.value if status else None,
+        station_id=station_id,
+        search=search,
+        limit=page_size,
+        offset=(page - 1) * page_size,
+    )
+    items = [PowerBankView.model_validate(bank) for bank in banks]
+    return Envelope(
+        message="Power banks", data=Page(items=items, total=total, page=page, page_size=page_size)
+    )
+
+
+@router.get(
+    "/powerbank-models", response_model=Envelope[list[PowerBankModelView]], summary="Serial-prefix table"
+)
+async def list_power_bank_models(_staff: StaffUser, session: DbSession) -> Envelope[list[PowerBankModelView]]:
+    rows = await PowerBankRepository(session).list_models()
+    return Envelope(
+        message="Power bank models", data=[PowerBankModelView.model_validate(row) for row in rows]
+    )
+
+
+@router.post(
+    "/powerbank-models",
+    response_model=Envelope[PowerBankModelView],
+    status_code=201,
+    summary="Map a serial prefix to a model and capacity (used for banks seen for the first time)",
+)
+async def create_power_bank_model(
+    body: PowerBankModelCreate, _staff: StaffUser, session: DbSession, request: Request
+) -> Envelope[PowerBankModelView]:
+    repository = PowerBankRepository(session)
+    if await repository.prefix_mapped(body.serial_prefix):
+        raise Conflict(f"Prefix {body.serial_prefix} is mapped already", code="PREFIX_TAKEN")
+    row = PowerBankModel(
+        id=uuid.uuid4(), serial_prefix=body.serial_prefix, model=body.model, capacity_mah=body.capacity_mah
+    )
+    await repository.add_model(row)
+    request.app.state.model_catalog.invalidate()
+    return Envelope(message="Power bank model created", data=PowerBankModelView.model_validate(row))

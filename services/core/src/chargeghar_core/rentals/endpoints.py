@@ -1,0 +1,224 @@
+"""Renter and admin routes of the rentals domain (thin: the rules live in service.py / popup.py)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from chargeghar_core.auth.dependencies import StaffUser
+from chargeghar_core.kit.db import DbSession
+from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.rentals.errors import PopupFailed, RentalNotFound, StationUnavailable
+from chargeghar_core.rentals.models import Rental, RentalStatus
+from chargeghar_core.rentals.popup import RentalStarter
+from chargeghar_core.rentals.repository import RentalRepository
+from chargeghar_core.rentals.runtime import RentalRuntime
+from chargeghar_core.rentals.schemas import (
+    AvailableBank,
+    DuesPaid,
+    ForceCompleteRequest,
+    ReceiptLine,
+    ReceiptOut,
+    RentalOut,
+    StartRentalRequest,
+    StationAvailability,
+)
+from chargeghar_core.rentals.service import RentalService, StartRequest
+from chargeghar_core.renters.dependencies import CurrentRenter
+
+router = APIRouter(tags=["rentals"])
+admin_router = APIRouter(tags=["rentals admin"])
+
+PageNumber = Annotated[int, Query(ge=1)]
+PageSize = Annotated[int, Query(ge=1, le=100)]
+
+
+def runtime_of(request: Request) -> RentalRuntime:
+    runtime: RentalRuntime = request.app.state.rentals
+    return runtime
+
+
+def _service(request: Request, session: DbSession) -> RentalService:
+    runtime = runtime_of(request)
+    return RentalService(session, runtime.settings, currency=runtime.payment_settings.currency)
+
+
+async def _own_rental(session: DbSession, user_id: uuid.UUID, rental_id: uuid.UUID) -> Rental:
+    rental = await RentalRepository(session).get(rental_id)
+    if rental is None or rental.user_id != user_id:
+        raise RentalNotFound()
+    return rental
+
+
+@router.post(
+    "/api/rentals",
+    status_code=201,
+    response_model=Envelope[RentalOut],
+    summary="Start a rental: reserve a bank and eject it",
+    responses={
+        202: {"description": "Eject still being settled; poll GET /api/rentals/{id}"},
+        402: {"description": "Insufficient funds or unpaid dues"},
+        409: {"description": "Open rental, no bank, station unavailable, or the eject failed (refunded)"},
+    },
+)
+async def start_rental(request: Request, body: StartRentalRequest, renter: CurrentRenter) -> JSONResponse:
+    starter = RentalStarter(runtime_of(request))
+    rental = await starter.start(
+        renter.user_id,
+        StartRequest(body.station_id, body.station_serial, body.package_id, body.power_bank_serial),
+    )
+    data = RentalOut.of(rental)
+    if rental.status == RentalStatus.CANCELLED.value:
+        raise PopupFailed(details={"rental": data.model_dump(mode="json")})
+    if rental.status == RentalStatus.PENDING_POPUP.value:
+        envelope: Envelope[RentalOut] = Envelope(
+            message="Eject requested; waiting for the station", data=data
+        )
+        return JSONResponse(envelope.model_dump(mode="json"), status_code=202)
+    return JSONResponse(
+        Envelope(message="Rental started", data=data).model_dump(mode="json"), status_code=201
+    )
+
+
+@router.get(
+    "/api/rentals/availability/{station_serial}",
+    response_model=Envelope[StationAvailability],
+    summary="Banks a renter could take at this station right now (live, same rules as a start)",
+)
+async def availability(
+    station_serial: str, request: Request, session: DbSession
+) -> Envelope[StationAvailability]:
+    repository = RentalRepository(session)
+    station = await repository.station_by_serial(station_serial)
+    if station is None or not station.is_deployed:
+        raise StationUnavailable("Station not found", status_code=404, code="STATION_NOT_FOUND")
+    banks = await repository.rentable_banks(
+        station.id,
+        min_battery=runtime_of(request).settings.min_battery_level,
+        serial=None,
+        limit=station.total_slots or 64,
+        lock=False,
+    )
+    open_for_rent = station.status == "ONLINE" and not station.is_maintenance
+    return Envelope(
+        data=StationAvailability(
+            station_id=station.id,
+            station_serial=station.serial_number,
+            station_status=station.status,
+            rentable_now=open_for_rent and bool(banks),
+            rentable_banks=len(banks) if open_for_rent else 0,
+            banks=[
+                AvailableBank(
+                    power_bank_serial=b.serial_number,
+                    slot_number=b.slot_number,
+                    battery_level=b.battery_level,
+                )
+                for b in banks
+            ]
+            if open_for_rent
+            else [],
+        )
+    )
+
+
+@router.get("/api/rentals/active", response_model=Envelope[RentalOut | None], summary="My open rental")
+async def active_rental(session: DbSession, renter: CurrentRenter) -> Envelope[RentalOut | None]:
+    rental = await RentalRepository(session).open_for_user(renter.user_id)
+    return Envelope(data=RentalOut.of(rental) if rental else None)
+
+
+@router.get("/api/rentals", response_model=Envelope[Page[RentalOut]], summary="My rentals, newest first")
+async def my_rentals(
+    session: DbSession, renter: CurrentRenter, page: PageNumber = 1, page_size: PageSize = 20
+) -> Envelope[Page[RentalOut]]:
+    rows, total = await RentalRepository(session).history(
+        renter.user_id, status=None, limit=page_size, offset=(page - 1) * page_size
+    )
+    return Envelope(
+        data=Page(items=[RentalOut.of(r) for r in rows], total=total, page=page, page_size=page_size)
+    )
+
+
+@router.post("/api/rentals/dues/pay", response_model=Envelope[DuesPaid], summary="Pay dues from the wallet")
+async def pay_dues(request: Request, session: DbSession, renter: CurrentRenter) -> Envelope[DuesPaid]:
+    paid, remaining = await _service(request, session).pay_dues(renter.user_id)
+    return Envelope(data=DuesPaid(paid_paisa=paid, still_due_paisa=remaining))
+
+
+@router.get("/api/rentals/{rental_id}", response_model=Envelope[RentalOut], summary="One of my rentals")
+async def my_rental(rental_id: uuid.UUID, session: DbSession, renter: CurrentRenter) -> Envelope[RentalOut]:
+    return Envelope(data=RentalOut.of(await _own_rental(session, renter.user_id, rental_id)))
+
+
+@router.get("/api/rentals/{rental_id}/receipt", response_model=Envelope[ReceiptOut], summary="Receipt")
+async def receipt(rental_id: uuid.UUID, session: DbSession, renter: CurrentRenter) -> Envelope[ReceiptOut]:
+    rental = await _own_rental(session, renter.user_id, rental_id)
+    extensions = await RentalRepository(session).extensions(rental.id)
+    extension_total = sum(extension.price_paisa for extension in extensions)
+    lines = [ReceiptLine(label="Rental", amount_paisa=rental.usage_fee_paisa - extension_total)]
+    lines += [
+        ReceiptLine(label=f"Extension {n}", amount_paisa=e.price_paisa) for n, e in enumerate(extensions, 1)
+    ]
+    if rental.late_fee_paisa:
+        lines.append(ReceiptLine(label="Late fee", amount_paisa=rental.late_fee_paisa))
+    total = sum(line.amount_paisa for line in lines)
+    return Envelope(
+        data=ReceiptOut(
+            rental=RentalOut.of(rental),
+            lines=lines,
+            total_paisa=total,
+            paid_paisa=rental.charged_paisa,
+            refunded_paisa=rental.refunded_paisa,
+            amount_due_paisa=rental.amount_due_paisa,
+        )
+    )
+
+
+@router.post("/api/rentals/{rental_id}/extend", response_model=Envelope[RentalOut], summary="Extend")
+async def extend(
+    rental_id: uuid.UUID, request: Request, session: DbSession, renter: CurrentRenter
+) -> Envelope[RentalOut]:
+    rental = await _service(request, session).extend(renter.user_id, rental_id)
+    return Envelope(message="Rental extended", data=RentalOut.of(rental))
+
+
+@router.post("/api/rentals/{rental_id}/cancel", response_model=Envelope[RentalOut], summary="Cancel for free")
+async def cancel(
+    rental_id: uuid.UUID, request: Request, session: DbSession, renter: CurrentRenter
+) -> Envelope[RentalOut]:
+    rental = await _service(request, session).cancel(renter.user_id, rental_id)
+    return Envelope(message="Rental cancelled", data=RentalOut.of(rental))
+
+
+@admin_router.get("/api/admin/rentals", response_model=Envelope[Page[RentalOut]], summary="All rentals")
+async def admin_rentals(
+    session: DbSession,
+    _staff: StaffUser,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    user_id: uuid.UUID | None = None,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
+) -> Envelope[Page[RentalOut]]:
+    rows, total = await RentalRepository(session).history(
+        user_id, status=status, limit=page_size, offset=(page - 1) * page_size
+    )
+    return Envelope(
+        data=Page(items=[RentalOut.of(r) for r in rows], total=total, page=page, page_size=page_size)
+    )
+
+
+@admin_router.post(
+    "/api/admin/rentals/{rental_id}/force-complete",
+    response_model=Envelope[RentalOut],
+    summary="End an open rental now (audited)",
+)
+async def force_complete(
+    rental_id: uuid.UUID, body: ForceCompleteRequest, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RentalOut]:
+    rental = await _service(request, session).force_complete(
+        rental_id, actor_id=staff.user_id, reason=body.reason
+    )
+    return Envelope(message="Rental ended by an operator", data=RentalOut.of(rental))

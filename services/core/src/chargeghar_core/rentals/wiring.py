@@ -1,0 +1,100 @@
+"""Plugging the renters, pricing, payments and rentals domains into core's app in one call.
+
+``install_rentals(app)`` (called by ``create_app``) registers the routers, installs the station-event
+hooks and wraps the app's lifespan so that the rentals runtime gets core's sessionmaker and pooled HTTP
+client on start-up, runs the background jobs, and drains in-flight popup settlements on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from chargeghar_core.payments.endpoints import admin_router as payments_admin_router
+from chargeghar_core.payments.endpoints import router as payments_router
+from chargeghar_core.payments.providers import PaymentProviders, build_providers
+from chargeghar_core.pricing.endpoints import admin_router as pricing_admin_router
+from chargeghar_core.pricing.endpoints import router as pricing_router
+from chargeghar_core.rentals.device_commands import DeviceCommands, IngestCommandClient
+from chargeghar_core.rentals.endpoints import admin_router as rentals_admin_router
+from chargeghar_core.rentals.endpoints import router as rentals_router
+from chargeghar_core.rentals.hooks import rental_iot_hooks
+from chargeghar_core.rentals.jobs import RentalJobs, stop
+from chargeghar_core.rentals.runtime import RentalRuntime
+from chargeghar_core.rentals.settings import PaymentSettings, RentalSettings
+from chargeghar_core.renters.endpoints import admin_router as renters_admin_router
+from chargeghar_core.renters.endpoints import router as renters_router
+from chargeghar_core.settings import Settings
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+def install_rentals(
+    app: FastAPI,
+    *,
+    rental_settings: RentalSettings | None = None,
+    payment_settings: PaymentSettings | None = None,
+    commands: DeviceCommands | None = None,
+    providers: PaymentProviders | None = None,
+    install_hooks: bool = True,
+) -> RentalRuntime:
+    core_settings: Settings = app.state.settings
+    rentals = rental_settings or RentalSettings()
+    payments = payment_settings or PaymentSettings()
+    runtime = RentalRuntime(settings=rentals, payment_settings=payments, commands=commands)
+    app.state.rentals = runtime
+    app.state.payment_providers = providers
+    if install_hooks:
+        app.state.iot_hooks = rental_iot_hooks(rentals, payments.currency)
+    for router in (
+        renters_router,
+        renters_admin_router,
+        pricing_router,
+        pricing_admin_router,
+        payments_router,
+        payments_admin_router,
+        rentals_router,
+        rentals_admin_router,
+    ):
+        app.include_router(router)
+
+    core_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with core_lifespan(app) as state:
+            if runtime.sessionmaker is None:
+                runtime.sessionmaker = app.state.sessionmaker
+            http_client: httpx.AsyncClient = app.state.http_client
+            if runtime.commands is None:
+                runtime.commands = IngestCommandClient(
+                    http_client,
+                    base_url=rentals.ingest_url,
+                    hmac_secret=core_settings.hmac.secret.get_secret_value(),
+                    service_token=(
+                        rentals.ingest_service_token.get_secret_value()
+                        if rentals.ingest_service_token
+                        else None
+                    ),
+                    http_margin_s=rentals.http_margin_s,
+                    busy_retry_s=rentals.busy_retry_s,
+                )
+            if app.state.payment_providers is None:
+                app.state.payment_providers = build_providers(payments, http_client)
+            jobs_task: asyncio.Task[None] | None = None
+            if rentals.jobs_enabled:
+                jobs_task = asyncio.create_task(RentalJobs(runtime).run_forever(), name="rental-jobs")
+            try:
+                yield state
+            finally:
+                if jobs_task is not None:
+                    await stop(jobs_task)
+                await runtime.drain(DRAIN_TIMEOUT_S)
+
+    app.router.lifespan_context = lifespan
+    return runtime

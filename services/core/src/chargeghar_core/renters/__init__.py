@@ -1,0 +1,1 @@
+"""Renter accounts (app users): registration, login, profile, account status."""

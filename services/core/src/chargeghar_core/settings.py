@@ -1,0 +1,158 @@
+"""Core settings: environment variables with the ``CORE_`` prefix, nested groups joined by ``__``.
+
+Examples: ``CORE_DB__URL=postgresql+asyncpg://…``, ``CORE_JWT__SECRET=…``,
+``CORE_INTERNAL__ALLOWED_CIDRS=10.0.0.0/8,127.0.0.1/32``. A ``.env`` file in the working directory is read
+too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+# Values that ship in examples and defaults; a production deployment must replace every one of them.
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev-secret", "dev-jwt-secret"})
+MIN_PRODUCTION_SECRET_LENGTH = 32
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        default="sqlite+aiosqlite:///./var/core.sqlite3",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db",
+    )
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    echo: bool = False
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Run `alembic upgrade head` when the app starts; default: only in development",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    wait_timeout_s: float = Field(default=30.0, ge=0, description="How long `migrate` waits for the database")
+    alembic_ini: str | None = Field(
+        default=None, description="Path of alembic.ini; default: the one at the repository root"
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class RedisSettings(BaseModel):
+    url: str | None = Field(default=None, description="redis://host:port/db; unset = in-process fallbacks")
+    prefix: str = Field(default="chargeghar:core:", description="Prefix of every key core writes")
+
+
+class JwtSettings(BaseModel):
+    secret: SecretStr = SecretStr("dev-jwt-secret")
+    algorithm: Literal["HS256"] = "HS256"
+    access_ttl_minutes: int = Field(default=60, ge=1)
+    refresh_ttl_days: int = Field(default=7, ge=1)
+    issuer: str = "chargeghar-core"
+
+
+class HmacSettings(BaseModel):
+    secret: SecretStr = Field(default=SecretStr("dev-secret"), description="Shared secret with the ingest")
+    previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Still accepted during a key rotation (comma-separated)"
+    )
+    window_s: int = Field(default=300, ge=1, description="Allowed |now - X-Timestamp| in seconds")
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        return _split_list(value)
+
+    def accepted_secrets(self) -> list[str]:
+        return [self.secret.get_secret_value(), *(s.get_secret_value() for s in self.previous_secrets)]
+
+
+class InternalSettings(BaseModel):
+    allowed_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Caller IP allow-list for /api/internal (CIDRs, comma-separated); empty = any",
+    )
+    rate_limit_per_minute: int = Field(
+        default=100, ge=0, description="Requests per minute per caller on /api/internal; 0 = unlimited"
+    )
+    trust_forwarded_for: bool = Field(
+        default=False, description="Take the caller IP from X-Forwarded-For (behind a trusted proxy only)"
+    )
+
+    @field_validator("allowed_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CORE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    log_level: str = "INFO"
+    log_json: bool | None = Field(default=None, description="JSON logs; default: on in production only")
+    docs_enabled: bool = True
+
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    hmac: HmacSettings = Field(default_factory=HmacSettings)
+    internal: InternalSettings = Field(default_factory=InternalSettings)
+
+    @property
+    def auto_migrate(self) -> bool:
+        return self.environment == "development" if self.db.auto_migrate is None else self.db.auto_migrate
+
+    @property
+    def json_logs(self) -> bool:
+        return self.environment == "production" if self.log_json is None else self.log_json
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment != "production":
+            return self
+        for name, secret in (("CORE_JWT__SECRET", self.jwt.secret), ("CORE_HMAC__SECRET", self.hmac.secret)):
+            value = secret.get_secret_value()
+            if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_PRODUCTION_SECRET_LENGTH:
+                raise ValueError(
+                    f"{name} must be set to a real secret (at least {MIN_PRODUCTION_SECRET_LENGTH} "
+                    "characters) in production"
+                )
+        return self
+
+
+def _split_list(value: object) -> object:
+    """Accept a JSON list or a comma-separated string for list settings read from the environment."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

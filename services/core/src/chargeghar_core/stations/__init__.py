@@ -1,0 +1,1 @@
+"""Stations, their slots, status history and the sync log of inbound station events."""

@@ -1,0 +1,392 @@
+"""HTTP endpoints the cabinets call (protocol.md §2.6), answered at once in the vendor envelope.
+
+Each handler validates the parameters, checks the device MD5 sign, commits the resulting event to the
+spool and answers — core is never on this path (the legacy bridge made stations wait up to 81 s for it,
+protocol.md §10.1). A rejected request gets a 4xx ``code`` with the reason and is kept, raw, in the
+dead-letter table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+from chargeghar_protocol.codec import CabinetSnapshot, FrameError, decode_frame
+from chargeghar_protocol.contract import DeviceEnvelope, DeviceInfo, ReturnedEvent, ReturnEventInfo
+from chargeghar_protocol.events import snapshot_to_full_event
+from chargeghar_protocol.signing import device_sign_string, verify_device_sign
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from chargeghar_ingest.credentials import check_credentials, derive_credentials
+from chargeghar_ingest.pipeline import utc_now
+from chargeghar_ingest.runtime import IngestRuntime
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+
+CONNECT_SIGNED = ("uuid", "deviceId", "simUUID", "simMobile")
+# The MCU POST variant sends "hardware=…&software=…" in the body; signing it broke the legacy bridge
+# (protocol.md §10.13), so it is accepted but never part of the sign.
+CONNECT_KNOWN = frozenset({*CONNECT_SIGNED, "sign", "hardware", "software"})
+UPLOAD_KNOWN = frozenset(
+    {
+        "rentboxSN",
+        "signal",
+        "sign",
+        "io",
+        "ssid",
+        "CRC16",
+        "IAP16",
+        "dRotationEnable",
+        "dRotationNumber",
+        "dRotationRefer",
+        "dMotorEnable",
+    }
+)
+RETURN_KNOWN = frozenset({"rentboxSN", "singleSN", "hole", "sign"})
+CONFIG_KNOWN = frozenset(
+    {
+        "rentboxSN",
+        "sign",
+        "dRotationRefer",
+        "dHeadConfig",
+        "dRotationNumber",
+        "dRotationEnable",
+        "dMotorEnable",
+        "dAreaConfig",
+        "dReturnLocked",
+    }
+)
+
+
+class DeviceRequestError(Exception):
+    """A device call we refuse; ``code`` is both the HTTP status and the envelope's ``code``."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCall:
+    path: str
+    method: str
+    query: str
+    params: dict[str, str]
+    body: bytes
+    station: str | None = None
+
+
+def envelope(data: Any = None, *, code: int = 200, message: str = "ok") -> Response:
+    body = DeviceEnvelope(code=code, data=data, msg=message).to_wire_json()
+    return Response(content=body, status_code=code, media_type="application/json")
+
+
+async def read_call(request: Request, *, body_is_frame: bool, station_param: str) -> DeviceCall:
+    """Parameters from the query string, plus form fields from the body (devices use either)."""
+    body = await request.body()
+    params: dict[str, str] = dict(request.query_params)
+    if not body_is_frame and body:
+        # Form-encoded or the MCU's "text/plain" k=v body; a body that is not k=v text is ignored.
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            params.setdefault(key, value)
+    return DeviceCall(
+        path=request.url.path,
+        method=request.method,
+        query=request.url.query,
+        params=params,
+        body=body,
+        station=params.get(station_param) or None,
+    )
+
+
+def require(call: DeviceCall, names: Iterable[str]) -> None:
+    missing = [n for n in names if not call.params.get(n)]
+    if missing:
+        raise DeviceRequestError(400, "missing_params", f"missing parameter(s): {', '.join(missing)}")
+
+
+def refuse_unknown(call: DeviceCall, known: frozenset[str]) -> None:
+    unknown = sorted(set(call.params) - known)
+    if unknown:
+        raise DeviceRequestError(400, "unknown_params", f"unknown parameter(s): {', '.join(unknown)}")
+
+
+def sign_candidates(
+    call: DeviceCall, variants: Iterable[Mapping[str, str | None]]
+) -> list[dict[str, str | None]]:
+    """What the device may have signed: exactly what it sent (minus ``sign``), then legacy variants."""
+    sent: dict[str, str | None] = {k: v for k, v in call.params.items() if k != "sign"}
+    candidates = [sent]
+    for variant in variants:
+        candidate = dict(variant)
+        if candidate not in candidates:
+            candidates.append(candidate)
+    return candidates
+
+
+async def check_sign(
+    runtime: IngestRuntime, call: DeviceCall, variants: Iterable[Mapping[str, str | None]] = ()
+) -> None:
+    sign = call.params.get("sign")
+    candidates = sign_candidates(call, variants)
+    if any(verify_device_sign(c, sign) for c in candidates):
+        return
+    detail = f"sign {sign!r} does not match {device_sign_string(candidates[0])!r}"
+    if runtime.settings.device.sign_policy == "log_only":
+        log.warning("device.sign_mismatch_ignored", path=call.path, station_id=call.station, detail=detail)
+        return
+    raise DeviceRequestError(403, "bad_sign", "ERROR SIGN")
+
+
+async def reject(runtime: IngestRuntime, call: DeviceCall, error: DeviceRequestError) -> Response:
+    raw = call.body or call.query.encode()
+    log.warning(
+        "device.request_rejected",
+        path=call.path,
+        method=call.method,
+        station_id=call.station,
+        reason=error.reason,
+        message=error.message,
+        query=call.query,
+        body_hex=call.body.hex(),
+    )
+    await runtime.spool.add_dead_letter(
+        source="http",
+        reason=error.reason,
+        station=call.station,
+        detail=json.dumps(
+            {"path": call.path, "method": call.method, "query": call.query, "message": error.message}
+        ),
+        raw=raw,
+    )
+    runtime.metrics.inc("dead_letters_total")
+    runtime.metrics.inc("http_device_rejected_total")
+    return envelope(code=error.code, message=error.message)
+
+
+def correlation_of(request: Request) -> str | None:
+    value = getattr(request.state, "correlation_id", None)
+    return str(value) if value else None
+
+
+def runtime_of(request: Request) -> IngestRuntime:
+    runtime: IngestRuntime = request.app.state.runtime
+    return runtime
+
+
+# ------------------------------------------------------------------------------------------------ connect
+
+
+@router.api_route("/api/iot/client/con", methods=["GET", "POST"])
+@router.api_route("/api/rentbox/client/connect", methods=["GET", "POST"])
+async def connect(request: Request) -> Response:
+    """Hand the station its MQTT connection: ``clientId,productKey,host,port,user,password,timestampMs``."""
+    runtime = runtime_of(request)
+    call = await read_call(request, body_is_frame=False, station_param="uuid")
+    try:
+        refuse_unknown(call, CONNECT_KNOWN)
+        require(call, ["uuid", "sign"])
+        # The legacy bean always signs all four fields (missing text → "", deviceId → 0).
+        bean = {
+            "uuid": call.params.get("uuid", ""),
+            "deviceId": call.params.get("deviceId") or "0",
+            "simUUID": call.params.get("simUUID", ""),
+            "simMobile": call.params.get("simMobile", ""),
+        }
+        signed_only = {k: v for k, v in call.params.items() if k in CONNECT_SIGNED}
+        await check_sign(runtime, call, [signed_only, bean])
+    except DeviceRequestError as error:
+        return await reject(runtime, call, error)
+
+    imei = call.params["uuid"]
+    device = runtime.settings.device
+    mqtt = runtime.settings.mqtt
+    credentials = derive_credentials(
+        device.credential_secret.get_secret_value(), imei, username_prefix=device.mqtt_username_prefix
+    )
+    now_ms = int(utc_now().timestamp() * 1000)
+    data = ",".join(
+        [
+            imei,
+            device.product_key,
+            mqtt.public_host,
+            str(mqtt.public_port),
+            credentials.username,
+            credentials.password,
+            str(now_ms),
+        ]
+    )
+    await runtime.recorder.seen(imei)
+    runtime.metrics.inc("http_device_requests_total")
+    log.info(
+        "device.connect",
+        station_id=imei,
+        hardware=call.params.get("hardware"),
+        software=call.params.get("software"),
+    )
+    return envelope(data)
+
+
+class BrokerAuthRequest(BaseModel):
+    clientid: str = ""
+    username: str = ""
+    password: str = ""
+
+
+@router.post("/api/emqx/auth")
+async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, str]:
+    """EMQX HTTP authentication: allow a station that presents its derived credentials.
+
+    Usernames without the device prefix answer ``ignore`` so EMQX falls through to its next
+    authenticator (the ingest's own and operator accounts live there).
+    """
+    runtime = runtime_of(request)
+    device = runtime.settings.device
+    if not body.username.startswith(device.mqtt_username_prefix):
+        return {"result": "ignore"}
+    allowed = check_credentials(
+        device.credential_secret.get_secret_value(),
+        client_id=body.clientid,
+        username=body.username,
+        password=body.password,
+        username_prefix=device.mqtt_username_prefix,
+    )
+    if not allowed:
+        log.warning("broker_auth.denied", client_id=body.clientid, username=body.username)
+    return {"result": "allow" if allowed else "deny"}
+
+
+# ------------------------------------------------------------------------------------------------ upload
+
+
+@router.api_route("/api/rentbox/upload/data", methods=["GET", "POST"])
+@router.api_route("/api/rentbox/client/upload", methods=["GET", "POST"])
+async def upload(request: Request) -> Response:
+    """Periodic full-cabinet upload: raw 0x10 frame body → ``full`` event."""
+    runtime = runtime_of(request)
+    received_at = utc_now()
+    call = await read_call(request, body_is_frame=True, station_param="rentboxSN")
+    station = call.station
+    try:
+        refuse_unknown(call, UPLOAD_KNOWN)
+        require(call, ["rentboxSN"])
+        sent = {k: v for k, v in call.params.items() if k != "sign"}
+        # Legacy variants (protocol.md §10.13): only {rentboxSN, signal} (VOL), signal defaulted to "0".
+        vol = {"rentboxSN": call.params["rentboxSN"], "signal": call.params.get("signal", "0")}
+        await check_sign(runtime, call, [vol, {**sent, "signal": call.params.get("signal", "0")}])
+        try:
+            frame = decode_frame(call.body)
+        except FrameError as exc:
+            raise DeviceRequestError(400, "bad_frame", f"bad frame: {exc}") from exc
+        except Exception as exc:
+            # A decoder defect: refuse like a bad frame (the raw body is kept) rather than a bare 500.
+            log.exception("device.decoder_failed", body_hex=call.body.hex())
+            raise DeviceRequestError(400, "decoder_error", "frame could not be decoded") from exc
+        if not frame.checksum_valid and not runtime.settings.device.accept_bad_checksum:
+            raise DeviceRequestError(400, "bad_frame", "bad frame: checksum mismatch")
+        if not isinstance(frame, CabinetSnapshot):
+            raise DeviceRequestError(400, "bad_frame", f"expected a 0x10 frame, got 0x{frame.cmd:02X}")
+    except DeviceRequestError as error:
+        return await reject(runtime, call, error)
+
+    assert station is not None
+    with structlog.contextvars.bound_contextvars(station_id=station, path=call.path):
+        if frame.unconsumed_bytes:
+            log.warning(
+                "device.upload_unconsumed_bytes", count=frame.unconsumed_bytes, body_hex=call.body.hex()
+            )
+        event = snapshot_to_full_event(
+            frame,
+            imei=station,
+            signal=call.params.get("signal"),
+            wifi_ssid=call.params.get("ssid"),
+            received_at=received_at,
+        )
+        await runtime.recorder.seen(station, observed_at=received_at)
+        await runtime.recorder.record(event, station=station, correlation_id=correlation_of(request))
+    runtime.metrics.inc("http_device_requests_total")
+    return envelope(None)
+
+
+# ------------------------------------------------------------------------------------------------ return
+
+
+@router.api_route("/api/rentbox/order/return", methods=["GET", "POST"])
+async def order_return(request: Request) -> Response:
+    """Successful return notice → ``returned`` event (deduplicated against the MQTT 0x40 report)."""
+    runtime = runtime_of(request)
+    received_at = utc_now()
+    call = await read_call(request, body_is_frame=False, station_param="rentboxSN")
+    station = call.station
+    try:
+        refuse_unknown(call, RETURN_KNOWN)
+        require(call, ["rentboxSN", "singleSN", "hole"])
+        single_sn = call.params["singleSN"]
+        hole_text = call.params["hole"]
+        if not (single_sn.isascii() and single_sn.isdigit() and 0 < int(single_sn) <= 0xFFFFFFFF):
+            raise DeviceRequestError(400, "bad_params", "singleSN must be the bank's decimal serial number")
+        if not (hole_text.isascii() and hole_text.isdigit() and 0 <= int(hole_text) <= 255):
+            raise DeviceRequestError(400, "bad_params", "hole must be a slot number 0-255")
+        await check_sign(runtime, call)
+    except DeviceRequestError as error:
+        return await reject(runtime, call, error)
+
+    assert station is not None
+    event = ReturnedEvent(
+        timestamp=int(received_at.timestamp()),
+        device=DeviceInfo(serial_number=station, imei=station, last_heartbeat=received_at),
+        return_event=ReturnEventInfo(
+            power_bank_serial=str(int(single_sn)),
+            slot_number=int(hole_text),
+            battery_level=None,  # the HTTP call carries none; the MQTT 0x40 report has the real SOC
+            returned_at=received_at,
+            hardware_info={"source": "http"},
+        ),
+    )
+    with structlog.contextvars.bound_contextvars(station_id=station, path=call.path):
+        await runtime.recorder.seen(station, observed_at=received_at)
+        await runtime.recorder.record_return(
+            event, station=station, observed_at=received_at, correlation_id=correlation_of(request)
+        )
+    runtime.metrics.inc("http_device_requests_total")
+    return envelope(None)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@router.api_route("/api/rentbox/config/data", methods=["GET", "POST"])
+async def config_data(request: Request) -> Response:
+    """Station parameters as a JSON *string* (the firmware expects it string-encoded)."""
+    runtime = runtime_of(request)
+    call = await read_call(request, body_is_frame=False, station_param="rentboxSN")
+    station = call.station
+    try:
+        refuse_unknown(call, CONFIG_KNOWN)
+        # Legacy stations call this without parameters; a station that identifies itself must sign.
+        if call.params:
+            require(call, ["rentboxSN"])
+            await check_sign(runtime, call)
+    except DeviceRequestError as error:
+        return await reject(runtime, call, error)
+
+    device = runtime.settings.device
+    config = device.station_config.model_dump()
+    if station and station in device.station_overrides:
+        config.update(device.station_overrides[station])
+    if station:
+        await runtime.recorder.seen(station)
+    runtime.metrics.inc("http_device_requests_total")
+    return envelope(json.dumps(config, separators=(",", ":")))

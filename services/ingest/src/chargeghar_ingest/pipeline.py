@@ -1,0 +1,170 @@
+"""Turning observations into spooled events: ids, observation times, presence transitions, return dedupe.
+
+Both entry points (device HTTP and the MQTT consumer) go through :class:`EventRecorder`, so an event is
+built the same way whichever road it came by, and it is committed to the spool before the caller answers
+the device or moves on to the next MQTT message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import structlog
+from chargeghar_protocol.contract import (
+    CommandResultEvent,
+    DeviceHardwareInfo,
+    FullEvent,
+    ReturnedEvent,
+    SlotEvent,
+    StationStatus,
+    StatusDeviceInfo,
+    StatusEvent,
+)
+from redis.exceptions import RedisError
+
+from chargeghar_ingest.metrics import Metrics
+from chargeghar_ingest.presence import PresenceStore
+from chargeghar_ingest.spool import Spool
+
+log = structlog.get_logger(__name__)
+
+# What a presence store raises when its backend (Redis) is unreachable or slow.
+PRESENCE_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+
+# Namespace of content-derived return ids: the same return gets the same id on every replica, so core's
+# X-Event-Id dedupe catches the rare duplicate two replicas both spooled.
+RETURN_ID_NAMESPACE = uuid.UUID("6f1b2c1e-8a53-4d35-9a0e-2f1f7f0c2b11")
+
+
+# Every contract event model carries the extension fields event_id and observed_at.
+SpoolableEvent = FullEvent | ReturnedEvent | StatusEvent | CommandResultEvent | SlotEvent
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventRecorder:
+    def __init__(
+        self,
+        spool: Spool,
+        presence: PresenceStore,
+        metrics: Metrics,
+        *,
+        return_dedupe_window_s: float = 90.0,
+    ) -> None:
+        self._spool = spool
+        self._presence = presence
+        self._metrics = metrics
+        self._return_window_s = return_dedupe_window_s
+
+    async def record(self, event: SpoolableEvent, *, station: str, correlation_id: str | None = None) -> str:
+        """Give the event an id and observation time (unless it has them) and commit it to the spool."""
+        if event.event_id is None:
+            event.event_id = str(uuid.uuid4())
+        if event.observed_at is None:
+            event.observed_at = utc_now()
+        await self._spool.enqueue(event.to_wire(), station=station, correlation_id=correlation_id)
+        self._metrics.inc("events_spooled_total")
+        log.info("event.spooled", event_type=event.type, event_id=event.event_id, station_id=station)
+        return event.event_id
+
+    async def record_return(
+        self, event: ReturnedEvent, *, station: str, observed_at: datetime, correlation_id: str | None = None
+    ) -> tuple[str, bool]:
+        """Spool a return once: the same (station, bank, slot) within the window is the same return.
+
+        Returns ``(event_id, duplicate)``.
+        """
+        serial = event.return_event.power_bank_serial
+        slot = event.return_event.slot_number
+        ts = observed_at.timestamp()
+        bucket = int(ts // self._return_window_s)
+        event.event_id = str(uuid.uuid5(RETURN_ID_NAMESPACE, f"{station}|{serial}|{slot}|{bucket}"))
+        event.observed_at = observed_at
+        event_id, duplicate = await self._spool.enqueue_return(
+            event.to_wire(),
+            station=station,
+            power_bank_serial=serial,
+            slot_number=slot,
+            observed_ts=ts,
+            dedupe_window_s=self._return_window_s,
+            correlation_id=correlation_id,
+        )
+        if duplicate:
+            self._metrics.inc("returns_deduplicated_total")
+            log.info(
+                "event.return_duplicate", event_id=event_id, station_id=station, power_bank=serial, slot=slot
+            )
+        else:
+            self._metrics.inc("events_spooled_total")
+            log.info("event.spooled", event_type="returned", event_id=event_id, station_id=station)
+        return event_id, duplicate
+
+    async def seen(
+        self,
+        station: str,
+        *,
+        observed_at: datetime | None = None,
+        signal_strength: int | None = None,
+        backup_power: int | None = None,
+    ) -> None:
+        """A message from the station: refresh last-seen; emit ONLINE (with signal) when that is news."""
+        observed = observed_at or utc_now()
+        try:
+            came_online = await self._presence.touch(station, observed.timestamp())
+            signal_changed = False
+            if signal_strength is not None or backup_power is not None:
+                signal_changed = await self._presence.record_signal(
+                    station, f"{signal_strength}|{backup_power}"
+                )
+        except PRESENCE_STORE_ERRORS as exc:
+            # Presence is best effort: a Redis outage must not cost the device its answer or the event.
+            self._metrics.inc("presence_store_errors_total")
+            log.warning("presence.store_unavailable", station_id=station, error=repr(exc))
+            return
+        if not (came_online or signal_changed):
+            return
+        if came_online:
+            self._metrics.inc("presence_online_total")
+        hardware = (
+            DeviceHardwareInfo(signal_strength=signal_strength, backup_power=backup_power)
+            if signal_strength is not None or backup_power is not None
+            else None
+        )
+        status = StatusEvent(
+            timestamp=int(observed.timestamp()),
+            device=StatusDeviceInfo(
+                serial_number=station, imei=station, status=StationStatus.ONLINE, hardware_info=hardware
+            ),
+            observed_at=observed,
+        )
+        await self.record(status, station=station)
+
+    async def sweep(self, offline_after_s: float, *, now: datetime | None = None) -> list[str]:
+        """Emit OFFLINE for every station silent longer than the threshold (once per silence)."""
+        current = now or utc_now()
+        gone = await self._presence.sweep(current.timestamp(), offline_after_s)
+        for station in gone:
+            last_seen = await self._presence.last_seen(station)
+            status = StatusEvent(
+                timestamp=int(current.timestamp()),
+                device=StatusDeviceInfo(
+                    serial_number=station,
+                    imei=station,
+                    status=StationStatus.OFFLINE,
+                    last_heartbeat=datetime.fromtimestamp(last_seen, UTC) if last_seen else None,
+                ),
+                observed_at=current,
+            )
+            await self.record(status, station=station)
+            self._metrics.inc("presence_offline_total")
+            log.info(
+                "presence.offline", station_id=station, silent_s=round(current.timestamp() - (last_seen or 0))
+            )
+        return gone
+
+    async def is_online(self, station: str, offline_after_s: float) -> bool:
+        last_seen = await self._presence.last_seen(station)
+        return last_seen is not None and utc_now().timestamp() - last_seen < offline_after_s

@@ -1,0 +1,159 @@
+"""Ingest settings (pydantic-settings): env prefix ``INGEST_``, nested groups with ``__``.
+
+Example: ``INGEST_MQTT__HOST=emqx``, ``INGEST_CORE__BASE_URL=https://core.internal``,
+``INGEST_REDIS__URL=redis://redis:6379/0``. In ``environment=production`` the service refuses to start while
+any secret still has its development placeholder value.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development-only values; production refuses them (see IngestSettings.refuse_placeholder_secrets).
+PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - this *is* the marker of an unset secret
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    # Unique per replica: two clients with one id kick each other off the broker.
+    client_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    # "" in production (device topics start with "/powerbank"); tests isolate themselves with "/t<random>".
+    topic_prefix: str = ""
+    # When set, subscribe as "$share/<group>/<topic>" so several replicas split the stations.
+    shared_group: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # Keep the broker session across restarts so QoS 1 messages sent meanwhile are not lost. Needs a
+    # stable, per-replica client_id (set INGEST_MQTT__CLIENT_ID, e.g. to the pod name).
+    persistent_session: bool = False
+    session_expiry_s: int = 7200
+    keepalive_s: int = 60
+    subscribe_qos: int = 1
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    # Host/port handed to the stations in the connect answer (the broker as the devices see it).
+    public_host: str = "127.0.0.1"
+    public_port: int = 1883
+
+
+class CoreSettings(BaseModel):
+    base_url: str = "http://127.0.0.1:8000"
+    # Service account used with POST /api/admin/login (contract.md §1).
+    email: str = "ingest@chargeghar.local"
+    password: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    # Shared HMAC secret of contract.md §2 (outgoing) and §3 (incoming commands).
+    hmac_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    # Refresh the bearer token this long before its expiry claim (or the assumed lifetime below).
+    token_refresh_margin_s: float = 120.0
+    token_assumed_lifetime_s: float = 3300.0
+    batch_size: int = 100
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 30.0
+    # Alert (error log) once an event has failed this many times; it is still retried.
+    alert_after_attempts: int = 10
+
+
+class RedisSettings(BaseModel):
+    # None = single replica: presence, locks and command replies stay in process.
+    url: str | None = None
+    key_prefix: str = "ingest:"
+    socket_timeout_s: float = 2.0
+
+
+class SpoolSettings(BaseModel):
+    path: Path = Path("var/ingest-spool.sqlite3")
+
+
+class PresenceSettings(BaseModel):
+    # Uploads come every 20 min and heartbeats every 9–10 min, so 25 min of silence means offline.
+    offline_after_s: float = 25 * 60
+    sweep_interval_s: float = 30.0
+
+
+class StationConfig(BaseModel):
+    """What /api/rentbox/config/data hands a station (all values are strings on the wire)."""
+
+    dRotationRefer: str = "15"
+    dReturnLocked: str = "0"
+    dHeadConfig: str = "43"
+    dRotationNumber: str = "5"
+    dRotationEnable: str = "1"
+    dMotorEnable: str = "1"
+    # protocol.md §10.25: the legacy 357 does not match the area (73) the ChargeGhar banks report and may
+    # make the cabinet refuse returns with "region code error"; "0" is the vendor default of "no area".
+    dAreaConfig: str = "0"
+
+
+class DeviceSettings(BaseModel):
+    sign_policy: Literal["enforce", "log_only"] = "enforce"
+    # HMAC key for the per-device MQTT password (derived, never stored).
+    credential_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    mqtt_username_prefix: str = "device_"
+    product_key: str = "powerbank"
+    station_config: StationConfig = StationConfig()
+    # Per-station overrides keyed by IMEI, e.g.
+    # INGEST_DEVICE__STATION_OVERRIDES='{"864601069946994":{"dAreaConfig":"73"}}'
+    station_overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # The same return reported over MQTT (0x40) and HTTP within this window is one event.
+    return_dedupe_window_s: float = 90.0
+    # The legacy bridge ignored checksums; a frame that fails it is garbled, so it is refused by default.
+    accept_bad_checksum: bool = False
+
+
+class CommandSettings(BaseModel):
+    # Upper bound on a request's timeout_s (the lock is held that long; core asks 15 s by default).
+    max_timeout_s: float = 60.0
+    # Optional static token (header X-Service-Token) required in addition to the HMAC when set.
+    service_token: SecretStr | None = None
+    # A reply arriving this long after its waiter gave up is still reported as that command's result.
+    late_reply_window_s: float = 300.0
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INGEST_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    http_port: int = 8100
+    log_json: bool = False
+    log_level: str = "INFO"
+    # Run the MQTT consumer inside the app (tests of the HTTP side alone switch it off).
+    mqtt_enabled: bool = True
+    forwarder_enabled: bool = True
+
+    mqtt: MqttSettings = MqttSettings()
+    core: CoreSettings = CoreSettings()
+    redis: RedisSettings = RedisSettings()
+    spool: SpoolSettings = SpoolSettings()
+    presence: PresenceSettings = PresenceSettings()
+    device: DeviceSettings = DeviceSettings()
+    commands: CommandSettings = CommandSettings()
+
+    @model_validator(mode="after")
+    def refuse_placeholder_secrets(self) -> IngestSettings:
+        if self.environment != "production":
+            return self
+        placeholders = [
+            name
+            for name, secret in (
+                ("core.password", self.core.password),
+                ("core.hmac_secret", self.core.hmac_secret),
+                ("device.credential_secret", self.device.credential_secret),
+            )
+            if secret.get_secret_value() in ("", PLACEHOLDER_SECRET)
+        ]
+        if placeholders:
+            raise ValueError(f"production refuses placeholder secrets: {', '.join(placeholders)}")
+        return self

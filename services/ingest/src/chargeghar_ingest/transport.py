@@ -1,0 +1,178 @@
+"""The only module that imports the MQTT library (aiomqtt 2.5): connect, (re)subscribe, consume, publish.
+
+aiomqtt 3 changes acknowledgements and reconnects; keeping it behind this one class means a switch
+touches nothing else. The rest of the ingest sees ``InboundMessage`` and ``MqttTransport.publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiomqtt
+import structlog
+from paho.mqtt import client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+MessageHandler = Callable[[InboundMessage], Awaitable[None]]
+
+
+class MqttNotConnectedError(RuntimeError):
+    """Publishing while the broker connection is down (the caller decides whether that is fatal)."""
+
+
+class MqttPublishError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConnection:
+    host: str
+    port: int
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    protocol: str = "3.1.1"
+    keepalive_s: int = 60
+    # Keep the broker session across reconnects/restarts (needs a stable client_id): QoS 1 messages that
+    # arrive while the ingest is away are queued by the broker and delivered when it is back.
+    persistent_session: bool = False
+    session_expiry_s: int = 7200
+
+
+class MqttTransport:
+    """One broker connection used for both consuming and publishing, reconnecting forever.
+
+    Every (re)connect subscribes again to every topic: with a clean session the broker forgets
+    subscriptions when the connection drops (the legacy bridge's silent-consumer bug, protocol.md §10.23).
+    """
+
+    def __init__(
+        self,
+        connection: MqttConnection,
+        *,
+        subscriptions: Sequence[tuple[str, int]],
+        handler: MessageHandler,
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self._connection = connection
+        self._subscriptions = list(subscriptions)
+        self._handler = handler
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self.connect_count = 0
+        self.handler_errors = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        return self._connected.is_set()
+
+    def _new_client(self) -> aiomqtt.Client:
+        c = self._connection
+        v5 = c.protocol == "5"
+        properties: Properties | None = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = c.session_expiry_s if c.persistent_session else 0
+        client = aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username,
+            password=c.password,
+            identifier=c.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            keepalive=c.keepalive_s,
+            timeout=10,
+            clean_session=None if v5 else not c.persistent_session,
+            # v5 only (paho refuses it for 3.1.1): resume the session unless it is meant to be thrown away.
+            clean_start=False if v5 and c.persistent_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        # Acknowledge a message only after the handler committed it to the spool (PUBACK after the
+        # fsync), so a crash in between makes the broker deliver it again instead of losing it. aiomqtt 2.5
+        # has no public switch for this; paho's manual-ack mode is set on the wrapped client.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Connect, subscribe and hand every message to the handler until cancelled."""
+        failures = 0
+        while True:
+            try:
+                async with self._new_client() as client:
+                    for topic, qos in self._subscriptions:
+                        await client.subscribe(topic, qos=qos)
+                    self._client = client
+                    self._connected.set()
+                    self.connect_count += 1
+                    failures = 0
+                    log.info(
+                        "mqtt.connected",
+                        host=self._connection.host,
+                        port=self._connection.port,
+                        subscriptions=[t for t, _ in self._subscriptions],
+                        connects=self.connect_count,
+                    )
+                    async for message in client.messages:
+                        await self._dispatch(client, message)
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning("mqtt.disconnected", error=str(exc), retry_in_s=round(delay, 2))
+                self._connected.clear()
+                self._client = None
+                await asyncio.sleep(delay)
+            finally:
+                self._connected.clear()
+                self._client = None
+
+    def _backoff(self, failures: int) -> float:
+        # Capped exponential with full jitter on the upper half, so replicas do not reconnect in lockstep.
+        ceiling = min(self._reconnect_max_s, self._reconnect_initial_s * (2 ** min(failures - 1, 20)))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        inbound = InboundMessage(topic=message.topic.value, payload=bytes(body), qos=message.qos)
+        try:
+            await self._handler(inbound)
+        except asyncio.CancelledError:
+            raise  # not acknowledged: with a persistent session the broker delivers it again
+        except Exception:
+            # The consumer never stops because one message could not be handled.
+            self.handler_errors += 1
+            log.exception("mqtt.handler_failed", topic=inbound.topic, payload_hex=inbound.payload.hex())
+        # Acked after a failure too: redelivering a message that breaks the handler would loop forever.
+        client._client.ack(message.mid, message.qos)
+
+    async def publish(self, topic: str, payload: bytes | str, *, qos: int, timeout_s: float = 10.0) -> None:
+        client = self._client
+        if client is None:
+            raise MqttNotConnectedError("not connected to the MQTT broker")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=False, timeout=timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise MqttPublishError(str(exc)) from exc

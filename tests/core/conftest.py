@@ -1,0 +1,158 @@
+"""Core test fixtures: one database migrated once per session with alembic, each test isolated by an outer
+transaction that is rolled back, and API clients on ``httpx.ASGITransport`` whose request sessions join
+that transaction in savepoint mode (so a request's commit is a RELEASE SAVEPOINT).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from chargeghar_core.iot.hooks import IotHooks
+from chargeghar_core.kit.db import create_engine
+from chargeghar_core.kit.migrate import migrate
+from chargeghar_core.settings import (
+    DatabaseSettings,
+)
+from core_support import CoreClient, StatementCounter, make_settings, running_client
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+# --------------------------------------------------------------------------------------------- database
+
+
+def _services_required() -> bool:
+    return os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def core_database_url(request: pytest.FixtureRequest, postgres_available: bool) -> str:
+    """The shared ``database_url``. Resolving ``postgres_url`` first from this synchronous fixture matters:
+    ``database_url`` (async) asks for ``postgres_url`` (async) with ``getfixturevalue``, which cannot start
+    a second event-loop run from inside the first one; once cached, it is simply returned."""
+    if postgres_available or _services_required():
+        request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("database_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+async def core_engine(core_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The session's database, migrated once with alembic (the real migration scripts)."""
+    await migrate(DatabaseSettings(url=core_database_url))
+    engine = create_engine(DatabaseSettings(url=core_database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db_connection(core_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with core_engine.connect() as connection:
+        outer = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if outer.is_active:
+                await outer.rollback()
+
+
+@pytest.fixture
+def test_sessionmaker(db_connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
+    )
+
+
+@pytest.fixture
+async def session(test_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for the test's own setup and assertions (same connection, same outer transaction)."""
+    async with test_sessionmaker() as test_session:
+        yield test_session
+
+
+# --------------------------------------------------------------------------------------------- app + client
+
+
+@pytest.fixture
+async def client(
+    core_database_url: str, test_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[CoreClient]:
+    async with running_client(
+        make_settings(core_database_url), sessionmaker=test_sessionmaker
+    ) as core_client:
+        yield core_client
+
+
+@pytest.fixture
+def client_factory(
+    core_database_url: str, test_sessionmaker: async_sessionmaker[AsyncSession]
+) -> Callable[..., Any]:
+    """``async with client_factory(internal=InternalSettings(...)) as c:`` — a client with other settings."""
+
+    def factory(*, hooks: IotHooks | None = None, client_host: str = "127.0.0.1", **overrides: Any) -> Any:
+        return running_client(
+            make_settings(core_database_url, **overrides),
+            sessionmaker=test_sessionmaker,
+            hooks=hooks,
+            client_host=client_host,
+        )
+
+    return factory
+
+
+# --------------------------------------------------------------------------------------------- committed DB
+
+
+def _admin_url() -> str:
+    return os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+async def committed_database_url(
+    core_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """A second database for the few tests that need real commits (never rolled back), migrated once."""
+    database_url = core_database_url
+    if not database_url.startswith("postgresql"):
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('committed') / 'core.sqlite3'}"
+        await migrate(DatabaseSettings(url=url))
+        yield url
+        return
+    import asyncpg
+
+    name = f"cg_core_commit_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(_admin_url(), timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(database_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    await migrate(DatabaseSettings(url=url))
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(_admin_url(), timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+# --------------------------------------------------------------------------------------------- statements
+
+
+@pytest.fixture
+def statement_counter(db_connection: AsyncConnection) -> Iterator[StatementCounter]:
+    counter = StatementCounter()
+    sync_connection = db_connection.sync_connection
+    assert sync_connection is not None
+    event.listen(sync_connection, "before_cursor_execute", counter)
+    try:
+        yield counter
+    finally:
+        event.remove(sync_connection, "before_cursor_execute", counter)

@@ -1,0 +1,224 @@
+"""Helpers of the core tests: settings, an API client with signed requests, event builders."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from chargeghar_core.app import create_app
+from chargeghar_core.auth.models import Role
+from chargeghar_core.iot.hooks import IotHooks
+from chargeghar_core.iot.recorder import FailureRecorder
+from chargeghar_core.kit.db import get_db_session
+from chargeghar_core.settings import (
+    DatabaseSettings,
+    HmacSettings,
+    InternalSettings,
+    JwtSettings,
+    RedisSettings,
+    Settings,
+)
+from chargeghar_protocol.signing import signed_headers
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+HMAC_SECRET = "test-hmac-secret"
+JWT_SECRET = "test-jwt-secret"
+
+INTERNAL_DATA = "/api/internal/stations/data"
+INTERNAL_BATCH = "/api/internal/stations/data/batch"
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "log_level": "WARNING",
+        "db": DatabaseSettings(url=database_url),
+        "jwt": JwtSettings(secret=JWT_SECRET),
+        "hmac": HmacSettings(secret=HMAC_SECRET),
+        "internal": InternalSettings(rate_limit_per_minute=0),
+        "redis": RedisSettings(url=None),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class CoreClient:
+    """An API client plus the helpers tests need: tokens and signed internal requests."""
+
+    app: FastAPI
+    http: httpx.AsyncClient
+    service_user_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def token(self, role: Role = Role.SERVICE, user_id: uuid.UUID | None = None) -> str:
+        pair = self.app.state.tokens.issue_pair(
+            user_id=user_id or self.service_user_id,
+            role=role,
+            email=f"{role.value}@test.example",
+            generation=0,
+        )
+        return str(pair.access_token)
+
+    def auth(self, role: Role = Role.SERVICE) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role)}"}
+
+    async def post_signed(
+        self,
+        path: str,
+        body: bytes | dict[str, Any],
+        *,
+        event_id: str | None = None,
+        timestamp: int | None = None,
+        secret: str = HMAC_SECRET,
+        role: Role = Role.SERVICE,
+        extra_headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **self.auth(role)}
+        headers.update(signed_headers(secret, raw, timestamp=timestamp))
+        if event_id is not None:
+            headers["X-Event-Id"] = event_id
+        headers.update(extra_headers or {})
+        return await self.http.post(path, content=raw, headers=headers)
+
+    async def sync(self, event: dict[str, Any], *, event_id: str | None = None) -> httpx.Response:
+        return await self.post_signed(INTERNAL_DATA, event, event_id=event_id or uuid.uuid4().hex)
+
+
+@asynccontextmanager
+async def running_client(
+    settings: Settings,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    hooks: IotHooks | None = None,
+    client_host: str = "127.0.0.1",
+) -> AsyncIterator[CoreClient]:
+    """Start the app's lifespan; with ``sessionmaker`` every request session (and the failure recorder)
+    uses it instead of the app's own engine."""
+    app = create_app(settings, hooks=hooks)
+    async with app.router.lifespan_context(app):
+        if sessionmaker is not None:
+            test_maker = sessionmaker
+
+            async def test_db_session() -> AsyncIterator[AsyncSession]:
+                async with test_maker() as request_session:
+                    try:
+                        yield request_session
+                    except BaseException:
+                        await request_session.rollback()
+                        raise
+                    else:
+                        await request_session.commit()
+
+            app.dependency_overrides[get_db_session] = test_db_session
+            app.state.failure_recorder = FailureRecorder(sessionmaker)
+        transport = httpx.ASGITransport(app=app, client=(client_host, 51000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as http:
+            yield CoreClient(app=app, http=http)
+
+
+class StatementCounter:
+    """Counts SQL statements sent on a connection (``before_cursor_execute``)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.active = False
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self.active:
+            self.statements.append(statement)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+def new_imei() -> str:
+    return str(860000000000000 + uuid.uuid4().int % 10**14)
+
+
+def new_bank_serial() -> str:
+    return str(10_000_000 + uuid.uuid4().int % 89_999_999)
+
+
+def full_event(
+    imei: str,
+    banks: dict[int, str | None],
+    *,
+    total_slots: int | None = None,
+    observed_at: str | None = None,
+    battery: int = 80,
+    status: str = "ONLINE",
+) -> dict[str, Any]:
+    """A ``full`` event: ``banks`` maps slot number → bank serial (None = empty slot)."""
+    slots = []
+    power_banks = []
+    for slot_number, serial in sorted(banks.items()):
+        slot: dict[str, Any] = {
+            "slot_number": slot_number,
+            "status": "OCCUPIED" if serial else "AVAILABLE",
+            "battery_level": battery if serial else 0,
+            "slot_metadata": {"micro_switch": "0" if serial else "1", "solenoid_valve": "0", "lock_count": 0},
+        }
+        if serial:
+            slot["power_bank_serial"] = serial
+            power_banks.append(
+                {
+                    "serial_number": serial,
+                    "status": "AVAILABLE",
+                    "battery_level": battery,
+                    "current_slot": slot_number,
+                    "hardware_info": {"temperature": 24, "voltage": 50, "current": 2},
+                }
+            )
+        slots.append(slot)
+    event_body: dict[str, Any] = {
+        "type": "full",
+        "timestamp": int(time.time()),
+        "device": {"serial_number": imei, "imei": imei, "signal_strength": "28", "status": status},
+        "station": {"serial_number": imei, "total_slots": total_slots or len(banks)},
+        "slots": slots,
+        "power_banks": power_banks,
+    }
+    if observed_at is not None:
+        event_body["observed_at"] = observed_at
+    return event_body
+
+
+def status_event(
+    imei: str, status: str, *, observed_at: str | None = None, **hardware: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "status",
+        "timestamp": int(time.time()),
+        "device": {"serial_number": imei, "imei": imei, "status": status, "hardware_info": hardware},
+    }
+    if observed_at is not None:
+        body["observed_at"] = observed_at
+    return body
+
+
+def returned_event(imei: str, serial: str, slot_number: int, *, battery: int | None = 95) -> dict[str, Any]:
+    return {
+        "type": "returned",
+        "timestamp": int(time.time()),
+        "device": {"serial_number": imei, "imei": imei},
+        "return_event": {
+            "power_bank_serial": serial,
+            "slot_number": slot_number,
+            "battery_level": battery,
+            "returned_at": "2025-11-12T06:26:40Z",
+            "condition": "NORMAL",
+            "hardware_info": {},
+        },
+    }

@@ -1,0 +1,133 @@
+"""The SQLite spool on its own: durability across reopen, per-station ordering, retries, dead letters."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from chargeghar_ingest.spool import Spool
+
+
+def status_event(station: str, n: int = 0) -> dict[str, Any]:
+    return {
+        "type": "status",
+        "timestamp": 1_762_928_776 + n,
+        "device": {"serial_number": station, "imei": station, "status": "ONLINE"},
+        "event_id": str(uuid.uuid4()),
+        "observed_at": "2025-11-12T06:26:16Z",
+    }
+
+
+async def open_spool(path: Path) -> Spool:
+    spool = Spool(path)
+    await spool.open()
+    return spool
+
+
+async def test_events_survive_close_and_reopen_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = await open_spool(path)
+    written = [status_event("A", n) for n in range(5)]
+    for event in written:
+        await spool.enqueue(event, station="A", correlation_id="corr-1")
+    await spool.close()
+
+    reopened = await open_spool(path)
+    try:
+        pending = await reopened.pending_events()
+        assert [e.event_id for e in pending] == [e["event_id"] for e in written]
+        assert pending[0].body == written[0] and pending[0].correlation_id == "corr-1"
+        cursor = await reopened.db.execute("PRAGMA journal_mode")
+        assert (await cursor.fetchone()) == ("wal",)
+    finally:
+        await reopened.close()
+
+
+async def test_only_the_oldest_event_of_each_station_is_due(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        a = [status_event("A", n) for n in range(3)]
+        b = [status_event("B", n) for n in range(2)]
+        for ea, eb in zip(a, b, strict=False):
+            await spool.enqueue(ea, station="A")
+            await spool.enqueue(eb, station="B")
+        await spool.enqueue(a[2], station="A")
+        now = time.time()
+        due = await spool.due_events(now=now, limit=10)
+        assert [e.event_id for e in due] == [a[0]["event_id"], b[0]["event_id"]]
+
+        # A's head waits for a retry: nothing of A may overtake it, B goes on.
+        await spool.schedule_retries([(due[0].seq, now + 60, "HTTP 500")])
+        await spool.ack([due[1].seq])
+        due = await spool.due_events(now=now, limit=10)
+        assert [e.event_id for e in due] == [b[1]["event_id"]]
+        assert await spool.next_retry_at() == 0  # B's remaining event is due now
+
+        later = await spool.due_events(now=now + 61, limit=10)
+        assert later[0].event_id == a[0]["event_id"]
+        assert later[0].attempts == 1
+    finally:
+        await spool.close()
+
+
+async def test_dead_lettered_event_unblocks_its_station(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        first, second = status_event("A", 1), status_event("A", 2)
+        await spool.enqueue(first, station="A")
+        await spool.enqueue(second, station="A")
+        head = (await spool.due_events(now=time.time(), limit=5))[0]
+        await spool.move_to_dead_letter(head, reason="core_refused", detail="HTTP 403")
+        due = await spool.due_events(now=time.time(), limit=5)
+        assert [e.event_id for e in due] == [second["event_id"]]
+        letters = await spool.dead_letters()
+        assert letters[0].event_id == first["event_id"] and letters[0].body == first
+        assert letters[0].source == "forwarder" and letters[0].detail == "HTTP 403"
+    finally:
+        await spool.close()
+
+
+async def test_return_dedupe_window(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+
+        def returned(event_id: str) -> dict[str, Any]:
+            return {"type": "returned", "event_id": event_id, "observed_at": "x"}
+
+        base = 1_762_928_800.0
+        args = {"station": "A", "power_bank_serial": "40818052", "slot_number": 3, "dedupe_window_s": 90.0}
+        assert await spool.enqueue_return(returned("r1"), observed_ts=base, **args) == ("r1", False)
+        assert await spool.enqueue_return(returned("r2"), observed_ts=base + 30, **args) == ("r1", True)
+        other_slot = {**args, "slot_number": 4}
+        assert await spool.enqueue_return(returned("r3"), observed_ts=base + 30, **other_slot) == (
+            "r3",
+            False,
+        )
+        # Long after: the same bank returned to the same slot again is a new return.
+        assert await spool.enqueue_return(returned("r4"), observed_ts=base + 600, **args) == ("r4", False)
+        assert [e.event_id for e in await spool.pending_events()] == ["r1", "r3", "r4"]
+    finally:
+        await spool.close()
+
+
+async def test_audit_rows_round_trip(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        audit_id = await spool.audit_command_started(
+            command_id="c1",
+            station="A",
+            caller="core",
+            cmd="setWifi",
+            payload={"cmd": "setWifi", "password": "***"},
+            qos=1,
+            started_at=time.time(),
+        )
+        await spool.audit_command_finished(audit_id, outcome="ok", reply=None, elapsed_ms=12)
+        rows = await spool.audit_rows("A")
+        assert [(r.command_id, r.outcome, r.elapsed_ms, r.payload["password"]) for r in rows] == [
+            ("c1", "ok", 12, "***")
+        ]
+    finally:
+        await spool.close()
