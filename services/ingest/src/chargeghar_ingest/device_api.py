@@ -9,7 +9,8 @@ dead-letter table.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +29,25 @@ from chargeghar_ingest.runtime import IngestRuntime
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def device_route(*paths: str) -> Callable[[Endpoint], Endpoint]:
+    """Register a handler for GET and POST on every path (the firmware uses both), with one OpenAPI
+    operation per method and path so that the operation ids stay unique."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        for path in paths:
+            slug = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+            for method in ("GET", "POST"):
+                router.add_api_route(
+                    path, endpoint, methods=[method], operation_id=f"{slug}_{method.lower()}"
+                )
+        return endpoint
+
+    return register
+
 
 CONNECT_SIGNED = ("uuid", "deviceId", "simUUID", "simMobile")
 # The MCU POST variant sends "hardware=…&software=…" in the body; signing it broke the legacy bridge
@@ -189,8 +209,7 @@ def runtime_of(request: Request) -> IngestRuntime:
 # ------------------------------------------------------------------------------------------------ connect
 
 
-@router.api_route("/api/iot/client/con", methods=["GET", "POST"])
-@router.api_route("/api/rentbox/client/connect", methods=["GET", "POST"])
+@device_route("/api/iot/client/con", "/api/rentbox/client/connect")
 async def connect(request: Request) -> Response:
     """Hand the station its MQTT connection: ``clientId,productKey,host,port,user,password,timestampMs``."""
     runtime = runtime_of(request)
@@ -271,8 +290,7 @@ async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, st
 # ------------------------------------------------------------------------------------------------ upload
 
 
-@router.api_route("/api/rentbox/upload/data", methods=["GET", "POST"])
-@router.api_route("/api/rentbox/client/upload", methods=["GET", "POST"])
+@device_route("/api/rentbox/upload/data", "/api/rentbox/client/upload")
 async def upload(request: Request) -> Response:
     """Periodic full-cabinet upload: raw 0x10 frame body → ``full`` event."""
     runtime = runtime_of(request)
@@ -323,7 +341,7 @@ async def upload(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------------ return
 
 
-@router.api_route("/api/rentbox/order/return", methods=["GET", "POST"])
+@device_route("/api/rentbox/order/return")
 async def order_return(request: Request) -> Response:
     """Successful return notice → ``returned`` event (deduplicated against the MQTT 0x40 report)."""
     runtime = runtime_of(request)
@@ -367,7 +385,7 @@ async def order_return(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------------ config
 
 
-@router.api_route("/api/rentbox/config/data", methods=["GET", "POST"])
+@device_route("/api/rentbox/config/data")
 async def config_data(request: Request) -> Response:
     """Station parameters as a JSON *string* (the firmware expects it string-encoded)."""
     runtime = runtime_of(request)
