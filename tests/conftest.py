@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,10 +102,9 @@ def postgres_available() -> bool:
     return tcp_reachable(parts.hostname or "127.0.0.1", parts.port or 5432)
 
 
-@pytest.fixture(scope="session")
-async def postgres_url(postgres_available: bool) -> AsyncIterator[str]:
-    if not postgres_available:
-        service_unavailable("PostgreSQL", POSTGRES_ADMIN_URL)
+@asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """Create a database for this test session and drop it afterwards; yields its async URL."""
     name = f"cg_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     await _admin_execute(f'CREATE DATABASE "{name}"')
     try:
@@ -114,14 +114,26 @@ async def postgres_url(postgres_available: bool) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
+async def postgres_url(postgres_available: bool) -> AsyncIterator[str]:
+    if not postgres_available:
+        service_unavailable("PostgreSQL", POSTGRES_ADMIN_URL)
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 async def database_url(
-    request: pytest.FixtureRequest, postgres_available: bool, tmp_path_factory: pytest.TempPathFactory
-) -> str:
-    if postgres_available or REQUIRE_SERVICES:
-        url: str = request.getfixturevalue("postgres_url")
-        return url
+    postgres_available: bool, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """PostgreSQL when reachable (always in CI), otherwise a SQLite file: the embedded default."""
+    if postgres_available:
+        async with fresh_postgres_database() as url:
+            yield url
+        return
+    if REQUIRE_SERVICES:
+        service_unavailable("PostgreSQL", POSTGRES_ADMIN_URL)
     path = tmp_path_factory.mktemp("db") / "core.sqlite3"
-    return f"sqlite+aiosqlite:///{path}"
+    yield f"sqlite+aiosqlite:///{path}"
 
 
 # --------------------------------------------------------------------------------------------- Redis

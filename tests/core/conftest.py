@@ -25,19 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 # --------------------------------------------------------------------------------------------- database
 
 
-def _services_required() -> bool:
-    return os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="session")
-def core_database_url(request: pytest.FixtureRequest, postgres_available: bool) -> str:
-    """The shared ``database_url``. Resolving ``postgres_url`` first from this synchronous fixture matters:
-    ``database_url`` (async) asks for ``postgres_url`` (async) with ``getfixturevalue``, which cannot start
-    a second event-loop run from inside the first one; once cached, it is simply returned."""
-    if postgres_available or _services_required():
-        request.getfixturevalue("postgres_url")
-    url: str = request.getfixturevalue("database_url")
-    return url
+def core_database_url(database_url: str) -> str:
+    """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
+    return database_url
 
 
 @pytest.fixture(scope="session")

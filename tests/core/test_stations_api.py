@@ -182,3 +182,21 @@ async def test_health_and_readiness(client: CoreClient) -> None:
     assert ready.status_code == 200 and ready.json()["data"] == {"database": "ok"}
     docs = await client.http.get("/openapi.json")
     assert "/api/internal/stations/data" in docs.json()["paths"]
+
+
+async def test_maintenance_pins_status_and_hides_rentable_banks(client: CoreClient) -> None:
+    station = await _deployed_station(client, "Pinned", THAMEL, banks={1: new_bank_serial(), 2: None})
+    assert station["rentable_banks"] == 1
+    admin = client.auth(Role.ADMIN)
+    await client.http.patch(
+        f"/api/admin/stations/{station['id']}", json={"is_maintenance": True}, headers=admin
+    )
+    await client.sync(full_event(station["imei"], {1: new_bank_serial(), 2: None}))
+    detail = (await client.http.get(f"/api/stations/{station['serial_number']}")).json()["data"]
+    assert (detail["status"], detail["rentable_banks"]) == ("MAINTENANCE", 0)
+    await client.sync(status_event(station["imei"], "OFFLINE"))
+    await client.http.patch(
+        f"/api/admin/stations/{station['id']}", json={"is_maintenance": False}, headers=admin
+    )
+    detail = (await client.http.get(f"/api/stations/{station['serial_number']}")).json()["data"]
+    assert (detail["status"], detail["rentable_banks"]) == ("ONLINE", 1)
