@@ -6,7 +6,6 @@ and admin APIs and its ``sync_logs`` table (one row per inbound event, written w
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,19 +20,9 @@ ADMIN_PASSWORD = "e2e-admin-password"
 
 
 @pytest.fixture(scope="session")
-def e2e_database_url(request: pytest.FixtureRequest, postgres_available: bool) -> str:
-    """The shared ``database_url``, with ``postgres_url`` resolved first from this synchronous fixture:
-    ``database_url`` (async) asks for ``postgres_url`` (async) through ``getfixturevalue``, which cannot
-    start a second event-loop run from inside the first (same workaround as tests/core)."""
-    if postgres_available or os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in (
-        "",
-        "0",
-        "false",
-        "no",
-    ):
-        request.getfixturevalue("postgres_url")
-    url: str = request.getfixturevalue("database_url")
-    return url
+def e2e_database_url(database_url: str) -> str:
+    """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
+    return database_url
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,8 @@ class DevicePeer:
     uploads: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     returns: list[dict[str, str]] = field(default_factory=list)
     bad_signs: list[str] = field(default_factory=list)
+    # Broker named in the connect answer when it should differ from the real one (override tests).
+    advertised_broker: tuple[str, int] | None = None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -93,7 +95,7 @@ class DevicePeer:
         self._check_sign(params, "connect")
         self.connects.append(params)
         imei = params["uuid"]
-        host, port = self.broker
+        host, port = self.advertised_broker or self.broker
         data = f"{imei},powerbank,{host},{port},device_{imei},pw{imei[-6:]},{int(time.time() * 1000)}"
         return self._ok(data)
 
@@ -262,7 +264,20 @@ async def test_cabinet_connects_signed_and_its_upload_decodes_to_its_state(
         bank.sn: (slot.hole, bank.soc) for slot in cabinet.state.slots.values() if (bank := slot.bank)
     }
     assert in_frame == in_state and len(in_frame) == 7
-    assert cabinet.stats.uploads_sent >= 1
+    # The peer records the call before the cabinet has read the answer; the counter follows shortly.
+    await wait_until(lambda: cabinet.stats.uploads_sent >= 1, what="the upload counted as accepted")
+
+
+async def test_broker_override_wins_over_the_connect_answer(
+    start_cabinet: CabinetFactory, device_peer: DevicePeer, mqtt_broker: tuple[str, int]
+) -> None:
+    device_peer.advertised_broker = ("127.0.0.1", 9)  # nothing listens on the discard port
+    try:
+        cabinet = await start_cabinet(broker_host=mqtt_broker[0], broker_port=mqtt_broker[1])
+    finally:
+        device_peer.advertised_broker = None
+    assert cabinet.credentials is not None and cabinet.credentials.port == 9
+    assert cabinet.connected.is_set() and cabinet.stats.mqtt_sessions == 1
 
 
 async def test_check_is_answered_with_a_snapshot_on_update(
