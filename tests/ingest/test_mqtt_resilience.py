@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from chargeghar_ingest.transport import InboundMessage, MqttConnection, MqttTransport
 from chargeghar_protocol.codec import Heartbeat
 from ingest_harness import UPLOAD_FRAME, free_tcp_port, running_ingest, wait_until
 from ingest_mqtt import mqtt_settings, publish_frame, station_client
@@ -180,3 +182,28 @@ async def test_persistent_session_delivers_what_arrived_while_the_ingest_was_dow
     # Drop the broker-side session so the broker does not queue for a client that never returns.
     async with aiomqtt.Client(mqtt_broker[0], mqtt_broker[1], identifier=client_id, clean_session=True):
         pass
+
+
+async def test_transport_stops_when_cancelled_at_any_moment(
+    mqtt_broker: tuple[str, int], topic_prefix: str
+) -> None:
+    """Cancelling while connecting/subscribing must stop the consumer (shutdown never hangs).
+
+    Python 3.11's wait_for inside aiomqtt can swallow such a cancellation; the transport re-raises it.
+    """
+
+    async def ignore(message: InboundMessage) -> None:
+        return None
+
+    rng = random.Random(7)
+    for attempt in range(60):
+        transport = MqttTransport(
+            MqttConnection(mqtt_broker[0], mqtt_broker[1], f"cancel-{uuid.uuid4().hex[:8]}"),
+            subscriptions=[(f"{topic_prefix}/powerbank/+/user/update", 1)],
+            handler=ignore,
+        )
+        task = asyncio.create_task(transport.run())
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"attempt {attempt}: the transport ignored its cancellation"

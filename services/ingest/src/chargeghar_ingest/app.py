@@ -4,7 +4,6 @@ the MQTT connection and consumer, the forwarder, the presence sweeper, and the r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -35,6 +34,7 @@ from chargeghar_ingest.transport import InboundMessage, MqttConnection, MqttNotC
 log = structlog.get_logger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
+SHUTDOWN_TASK_TIMEOUT_S = 10.0
 # A background loop that dies unexpectedly is restarted after this pause (it must never stay down).
 SUPERVISOR_RESTART_S = 1.0
 
@@ -194,9 +194,11 @@ async def run_runtime(runtime: IngestRuntime) -> AsyncIterator[IngestRuntime]:
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a library that swallows a cancellation must not keep the process alive forever.
+            _, still_running = await asyncio.wait(tasks, timeout=SHUTDOWN_TASK_TIMEOUT_S)
+            for task in still_running:
+                log.error("background_task.did_not_stop", task=task.get_name())
         await runtime.http.aclose()
         if runtime.redis is not None:
             await runtime.redis.aclose()

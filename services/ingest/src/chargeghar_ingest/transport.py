@@ -31,6 +31,15 @@ class InboundMessage:
 MessageHandler = Callable[[InboundMessage], Awaitable[None]]
 
 
+def _raise_if_cancel_was_swallowed() -> None:
+    # Python 3.11's asyncio.wait_for (used inside aiomqtt's connect/subscribe) can swallow a cancellation
+    # that races with its inner future completing; the task then sits in "async for message" forever
+    # and shutdown hangs. The task still counts the request, so honour it here.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class MqttNotConnectedError(RuntimeError):
     """Publishing while the broker connection is down (the caller decides whether that is fatal)."""
 
@@ -124,6 +133,7 @@ class MqttTransport:
                 async with self._new_client() as client:
                     for topic, qos in self._subscriptions:
                         await client.subscribe(topic, qos=qos)
+                    _raise_if_cancel_was_swallowed()
                     self._client = client
                     self._connected.set()
                     self.connect_count += 1
@@ -137,6 +147,7 @@ class MqttTransport:
                     )
                     async for message in client.messages:
                         await self._dispatch(client, message)
+                        _raise_if_cancel_was_swallowed()
             except aiomqtt.MqttError as exc:
                 failures += 1
                 delay = self._backoff(failures)

@@ -258,7 +258,7 @@ class StationEventProcessor:
             await self.stations.delete_slots_above(station.id, highest)
 
         device = event.device
-        new_status = (device.status or StationStatus.ONLINE).value
+        new_status = _effective_status(station, (device.status or StationStatus.ONLINE).value)
         change = self._status_change(station, new_status, "full", observed_at)
         if change is not None:
             await self.stations.add_history(change)
@@ -475,7 +475,7 @@ class StationEventProcessor:
         now = context.received_at
         observed_at = event.observed_at or now
         station = station or await self._create_station(event, now)
-        new_status = event.device.status.value
+        new_status = _effective_status(station, event.device.status.value)
         if station.status_changed_at is not None and observed_at < station.status_changed_at:
             data = {
                 "station_id": str(station.id),
@@ -490,7 +490,11 @@ class StationEventProcessor:
         changed = await self._change_status(station, new_status, "status", observed_at)
         if event.device.hardware_info is not None:
             station.hardware_info = {**station.hardware_info, **event.device.hardware_info.to_wire()}
-        station.last_heartbeat = event.device.last_heartbeat or observed_at
+        if event.device.last_heartbeat is not None:
+            station.last_heartbeat = event.device.last_heartbeat
+        elif new_status != StationStatus.OFFLINE.value:
+            # An OFFLINE event reports silence: it is not a sign of life, so it does not move the heartbeat.
+            station.last_heartbeat = observed_at
         data = {
             "station_id": str(station.id),
             "station_serial": station.serial_number,
@@ -598,6 +602,11 @@ class _SlotRow:
     battery_level: int
     bank_serial: str | None
     metadata: dict[str, Any]
+
+
+def _effective_status(station: Station, reported: str) -> str:
+    """An operator's maintenance flag pins the station's status; devices report everything else."""
+    return StationStatus.MAINTENANCE.value if station.is_maintenance else reported
 
 
 # Column widths of the identifiers an event names (stations.imei, power_banks.serial_number).

@@ -24,6 +24,9 @@ from chargeghar_core.stations.models import (
     SyncLog,
 )
 
+# A bank below this charge is not offered to renters.
+RENTABLE_MIN_BATTERY = 20
+
 
 @dataclass(frozen=True, slots=True)
 class SlotObservation:
@@ -349,10 +352,6 @@ class StationRepository:
             query.order_by(SyncLog.created_at.desc()).limit(limit).offset(offset)
         )
         return list(rows.scalars())
-
-
-# A bank below this charge is not offered to renters.
-RENTABLE_MIN_BATTERY = 20
 
 
 class SyncLogRepository:

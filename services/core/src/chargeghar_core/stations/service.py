@@ -92,7 +92,7 @@ class StationService:
         total = len(located)
         window = located[(page - 1) * page_size : page * page_size]
         counts = await self.repository.rentable_counts([station.id for station, _ in window])
-        hits = [StationHit(station, distance, counts.get(station.id, 0)) for station, distance in window]
+        hits = [StationHit(station, distance, _rentable(station, counts)) for station, distance in window]
         return hits, total
 
     async def public_detail(self, serial_number: str) -> tuple[Station, int]:
@@ -100,14 +100,14 @@ class StationService:
         if station is None or not station.is_deployed:
             raise NotFound(f"No station {serial_number}")
         counts = await self.repository.rentable_counts([station.id])
-        return station, counts.get(station.id, 0)
+        return station, _rentable(station, counts)
 
     async def admin_detail(self, station_id: uuid.UUID) -> tuple[Station, int]:
         station = await self.repository.get_with_slots(station_id)
         if station is None:
             raise NotFound(f"No station {station_id}")
         counts = await self.repository.rentable_counts([station.id])
-        return station, counts.get(station.id, 0)
+        return station, _rentable(station, counts)
 
     async def configure(self, station_id: uuid.UUID, update: StationUpdate) -> Station:
         station = await self.repository.get(station_id)
@@ -165,6 +165,13 @@ class StationService:
             )
             station.status = new_status
             station.status_changed_at = now
+
+
+def _rentable(station: Station, counts: dict[uuid.UUID, int]) -> int:
+    # A bank in an offline or maintenance station cannot be ejected, so it is not offered.
+    if station.status != StationStatus.ONLINE.value or station.is_maintenance:
+        return 0
+    return counts.get(station.id, 0)
 
 
 def _has_real_location(station: Station) -> bool:
