@@ -160,7 +160,8 @@ async def test_a_popup_command_from_core_side_ejects_and_the_return_rehomes_the_
         station = await admin_station(config.core_url, admin_token, target.imei)
         seen = slots_as_seen_by_core(station).get(slot.hole) if station else None
         last_seen.append(seen)
-        return seen == ("OCCUPIED", str(sn), 41)
+        # The cabinet keeps charging the bank, so a later upload may already show more than 41 %.
+        return seen is not None and seen[:2] == ("OCCUPIED", str(sn)) and 41 <= seen[2] <= 100
 
     try:
         await eventually(rehomed, within_s=30, what="the returned bank in its new slot")
