@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import socket
@@ -58,6 +59,8 @@ class OwnMosquitto:
 @pytest.fixture
 def own_mosquitto(tmp_path: Path) -> Iterator[OwnMosquitto]:
     if not Path(MOSQUITTO).exists():
+        if os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in ("", "0", "false", "no"):
+            pytest.fail("the mosquitto binary is required in CI (CHARGEGHAR_REQUIRE_SERVICES=1)")
         pytest.skip("the mosquitto binary is not installed")
     broker = OwnMosquitto(tmp_path)
     broker.start()
