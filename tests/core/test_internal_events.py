@@ -353,6 +353,108 @@ async def test_batch_is_all_or_nothing_per_event_with_results_in_order(
     ]
 
 
+async def test_batch_holds_back_a_station_after_its_retryable_failure(
+    client_factory: ClientFactory, session: AsyncSession
+) -> None:
+    """A station's later events in a batch must not overtake one that failed and will be resent."""
+    flaky_imei, steady_imei = new_imei(), new_imei()
+    calls: list[str] = []
+
+    class _FailForOneEvent(NoOpenRentals):
+        async def reconcile_snapshot(self, session: AsyncSession, **kwargs: Any) -> int:
+            calls.append(kwargs["event_key"])
+            if kwargs["event_key"] == "h-2":
+                raise RuntimeError("transient")
+            return 0
+
+    events = [
+        {**full_event(flaky_imei, {1: new_bank_serial()}), "event_id": "h-1"},
+        {**full_event(steady_imei, {1: new_bank_serial()}), "event_id": "h-s1"},
+        {**full_event(flaky_imei, {1: new_bank_serial()}), "event_id": "h-2"},
+        {**full_event(steady_imei, {1: new_bank_serial()}), "event_id": "h-s2"},
+        {**full_event(flaky_imei, {1: new_bank_serial()}), "event_id": "h-3"},
+        {**status_event(flaky_imei, "ONLINE"), "event_id": "h-4"},
+    ]
+    async with client_factory(hooks=IotHooks(snapshot_returns=_FailForOneEvent())) as client:
+        response = await client.post_signed(INTERNAL_BATCH, {"events": events})
+        assert response.status_code == 200, response.text
+        results = response.json()["data"]["results"]
+        assert [(r["event_id"], r["status_code"], r.get("error")) for r in results] == [
+            ("h-1", 200, None),
+            ("h-s1", 200, None),
+            ("h-2", 500, "SYNC_ERROR"),
+            ("h-s2", 200, None),
+            ("h-3", 503, "PRECEDING_EVENT_FAILED"),
+            ("h-4", 503, "PRECEDING_EVENT_FAILED"),
+        ]
+        # The one-savepoint pass ran first, then the event-by-event pass; h-3 was never attempted.
+        assert "h-3" not in calls
+        # Resent while h-2 still fails: h-3 and h-4 are held back again, never applied ahead of it.
+        resend = await client.post_signed(INTERNAL_BATCH, {"events": events[2:3] + events[4:]})
+        assert [r["status_code"] for r in resend.json()["data"]["results"]] == [500, 503, 503]
+    outcomes = await session.execute(
+        select(SyncLog.event_id, SyncLog.outcome).where(SyncLog.event_id.in_(["h-3", "h-4"]))
+    )
+    assert list(outcomes) == []  # not attempted: nothing recorded, nothing claimed
+
+
+async def test_batch_without_failures_applies_every_event_once(
+    client: CoreClient, session: AsyncSession
+) -> None:
+    imeis = [new_imei() for _ in range(5)]
+    events = [
+        {**full_event(imei, {1: new_bank_serial(), 2: None}), "event_id": f"ok-{n}-{imei}"}
+        for n, imei in enumerate(imeis * 2)
+    ]
+    response = await client.post_signed(INTERNAL_BATCH, {"events": events})
+    assert response.status_code == 200, response.text
+    results = response.json()["data"]["results"]
+    assert [r["index"] for r in results] == list(range(10))
+    assert all(r["status_code"] == 200 and r["data"]["applied"] for r in results)
+    logged = await session.scalar(
+        select(func.count()).where(SyncLog.event_id.in_([e["event_id"] for e in events]))
+    )
+    assert logged == 10
+
+
+async def test_batch_with_several_events_of_one_station_applies_them_in_order(
+    client: CoreClient, session: AsyncSession
+) -> None:
+    """Within one batch a station's later event sees what its earlier one wrote (stale check, status)."""
+    imei = new_imei()
+    first_bank, second_bank = new_bank_serial(), new_bank_serial()
+    events = [
+        {
+            **full_event(imei, {1: first_bank, 2: None}, observed_at="2030-01-01T00:00:10Z"),
+            "event_id": f"{imei}-a",
+        },
+        # Observed before the first: recorded as stale, not applied.
+        {**full_event(imei, {1: None, 2: None}, observed_at="2030-01-01T00:00:05Z"), "event_id": f"{imei}-b"},
+        {
+            **full_event(
+                imei, {1: None, 2: second_bank}, observed_at="2030-01-01T00:00:20Z", status="OFFLINE"
+            ),
+            "event_id": f"{imei}-c",
+        },
+        {**full_event(imei, {1: None, 2: None}, observed_at="2030-01-01T00:00:30Z"), "event_id": f"{imei}-a"},
+    ]
+    response = await client.post_signed(INTERNAL_BATCH, {"events": events})
+    assert response.status_code == 200, response.text
+    results = response.json()["data"]["results"]
+    assert [r["data"]["applied"] for r in results[:3]] == [True, False, True]
+    assert results[3]["data"]["duplicate"] is True
+    station = await _station(session, imei)
+    assert station.status == "OFFLINE"
+    assert (await _slot(session, station.id, 2)).power_bank_id == (await _bank(session, second_bank)).id
+    assert (await _slot(session, station.id, 1)).power_bank_id is None
+    history = await session.scalars(
+        select(StationStatusHistory.status)
+        .where(StationStatusHistory.station_id == station.id)
+        .order_by(StationStatusHistory.changed_at)
+    )
+    assert list(history)[-1] == "OFFLINE"
+
+
 async def test_batch_envelope_errors(client: CoreClient) -> None:
     empty = await client.post_signed(INTERNAL_BATCH, {"events": []})
     assert empty.status_code == 400 and empty.json()["error"] == "VALIDATION_ERROR"

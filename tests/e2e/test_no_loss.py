@@ -72,6 +72,17 @@ def accepted_uploads(fleet: Fleet) -> int:
     )
 
 
+def attempted_uploads(fleet: Fleet) -> int:
+    """Every upload a cabinet sent, answered or not: one spooled just before a kill is delivered although
+    the cabinet never got its answer (at-least-once towards the device, exactly-once into core)."""
+    return sum(
+        1
+        for cabinet in fleet.cabinets
+        for frame in cabinet.sent
+        if frame.channel == "http" and frame.cmd == SNAPSHOT
+    )
+
+
 async def spool_pending(stack: LocalStack) -> float:
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(f"{stack.config.ingest_url}/metrics.json")
@@ -80,18 +91,22 @@ async def spool_pending(stack: LocalStack) -> float:
 
 
 async def assert_every_upload_arrives_once(engine: AsyncEngine, fleet: Fleet, sent: int) -> None:
+    """Every accepted upload is in core, none twice; at most the uploads the cabinets attempted."""
     imeis = [cabinet.imei for cabinet in fleet.cabinets]
+    attempted = attempted_uploads(fleet)
     await eventually(
         lambda: _counts_reach(engine, imeis, sent), within_s=90, what=f"{sent} full events in core"
     )
-    await asyncio.sleep(2.0)  # a duplicate would show up now
-    assert await event_counts(engine, imeis) == (sent, sent)
+    await asyncio.sleep(2.0)  # a duplicate or a late spooled event would show up now
+    rows, distinct = await event_counts(engine, imeis)
+    assert rows == distinct, f"{rows - distinct} events were applied twice"
+    assert sent <= rows <= attempted, f"{rows} events in core for {sent} accepted / {attempted} sent uploads"
 
 
 async def _counts_reach(engine: AsyncEngine, imeis: list[str], sent: int) -> bool:
-    rows, _ = await event_counts(engine, imeis)
-    assert rows <= sent, f"{rows} events in core for {sent} uploads: something arrived twice"
-    return rows == sent
+    rows, distinct = await event_counts(engine, imeis)
+    assert rows == distinct, f"{rows - distinct} events were applied twice"
+    return rows >= sent
 
 
 async def test_core_down_for_half_a_minute_loses_nothing(

@@ -103,8 +103,17 @@ class FakeCore:
                 return refusal
             events = json.loads(await request.body())["events"]
             results = []
+            # Like core: after a retryable (5xx) failure of a station's event, that station's later
+            # events in the batch are not attempted (503), so they cannot overtake the failed one.
+            held_back: set[str] = set()
             for index, event in enumerate(events):
-                status = self.scripted_item_statuses.pop(str(event.get("event_id")), 200)
+                station = str(event.get("device", {}).get("imei"))
+                if station in held_back:
+                    status = 503
+                else:
+                    status = self.scripted_item_statuses.pop(str(event.get("event_id")), 200)
+                if status >= 500:
+                    held_back.add(station)
                 if status == 200:
                     self._accept(event)
                 results.append(

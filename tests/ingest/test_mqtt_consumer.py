@@ -188,3 +188,38 @@ async def test_one_return_reported_over_mqtt_and_http_is_one_event(
         assert len(returned) == 1
         assert returned[0]["return_event"]["battery_level"] == 88  # the MQTT report's real SOC
         assert ingest.runtime.metrics.counters["returns_deduplicated_total"] == 1
+
+
+async def test_concurrent_handlers_keep_each_stations_order(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str
+) -> None:
+    stations = [f"86460106994{n:04d}" for n in range(5)]
+    per_station = 12
+
+    def slot_frame(hole: int) -> bytes:
+        # 0x28 slot state for hole ``hole`` (protocol.md §4.8): the hole number marks the publish order.
+        return build_frame(
+            0x28,
+            bytes([0x10, hole, 0x24, 0, 0, 4])
+            + (80146582).to_bytes(4, "big")
+            + bytes([60, 30, 50, 1, 26, 0]),
+        )
+
+    settings = mqtt_settings(
+        tmp_path, mqtt_broker, topic_prefix, mqtt={"handler_workers": 4, "handler_queue_size": 2}
+    )
+    async with running_ingest(settings) as ingest:
+        assert ingest.runtime.transport is not None
+        assert await ingest.runtime.transport.wait_connected(10)
+        async with station_client(mqtt_broker) as client:
+            for hole in range(1, per_station + 1):
+                for station in stations:
+                    await publish_frame(client, topic_prefix, station, slot_frame(hole))
+
+            async def all_spooled() -> bool:
+                return await ingest.runtime.spool.pending_count() >= len(stations) * per_station
+
+            await wait_until(all_spooled)
+        for station in stations:
+            events = await ingest.event_bodies("slot_event", station)
+            assert [e["slot_number"] for e in events] == list(range(1, per_station + 1)), station

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -129,5 +131,58 @@ async def test_audit_rows_round_trip(tmp_path: Path) -> None:
         assert [(r.command_id, r.outcome, r.elapsed_ms, r.payload["password"]) for r in rows] == [
             ("c1", "ok", 12, "***")
         ]
+    finally:
+        await spool.close()
+
+
+async def test_concurrent_writes_share_commits_and_a_failing_one_fails_alone(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        events = [status_event(f"S{n % 7}", n) for n in range(200)]
+        await spool.enqueue(events[0], station="S0")
+        duplicate = {**status_event("S0", 999), "event_id": events[0]["event_id"]}
+        outcomes = await asyncio.gather(
+            *(spool.enqueue(e, station=e["device"]["imei"]) for e in events[1:]),
+            spool.enqueue(duplicate, station="S0"),
+            return_exceptions=True,
+        )
+        # Only the duplicate id failed; everything else of its transaction was committed.
+        assert [type(o) for o in outcomes if o is not None] == [sqlite3.IntegrityError]
+        assert await spool.pending_count() == 200
+        commits, jobs = spool.group_commit_stats
+        assert jobs == 201 and commits < jobs  # concurrent events shared fsyncs
+    finally:
+        await spool.close()
+    # Every acknowledged write is in the file after a reopen.
+    reopened = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        assert [e.event_id for e in await reopened.pending_events()] == [e["event_id"] for e in events]
+    finally:
+        await reopened.close()
+
+
+async def test_due_batch_keeps_station_order_and_skips_stations_in_flight(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+        a = [status_event("A", n) for n in range(4)]
+        b = [status_event("B", n) for n in range(2)]
+        c = [status_event("C", n) for n in range(2)]
+        for event in [a[0], b[0], a[1], c[0], a[2], b[1], a[3], c[1]]:
+            await spool.enqueue(event, station=event["device"]["imei"])
+        now = time.time()
+
+        due = await spool.due_batch(now=now, limit=10, per_station=3)
+        assert [e.event_id for e in due] == [
+            e["event_id"] for e in [a[0], b[0], a[1], c[0], a[2], b[1], c[1]]
+        ]  # A capped at three, all in spool order
+
+        in_flight = await spool.due_batch(now=now, limit=10, per_station=3, exclude=["A", "C"])
+        assert [e.event_id for e in in_flight] == [b[0]["event_id"], b[1]["event_id"]]
+
+        # B's head waits for a retry: none of B goes, not even its later event.
+        await spool.schedule_retries([(in_flight[0].seq, now + 60, "HTTP 500")])
+        due = await spool.due_batch(now=now, limit=10, per_station=1)
+        assert [e.event_id for e in due] == [a[0]["event_id"], c[0]["event_id"]]
+        assert await spool.next_retry_at(exclude=["A", "C"]) == now + 60
     finally:
         await spool.close()

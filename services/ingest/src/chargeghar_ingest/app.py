@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from chargeghar_ingest import command_api, device_api, ops_api
 from chargeghar_ingest.commands import CommandService
-from chargeghar_ingest.consumer import DeviceMessageRouter, device_subscriptions
+from chargeghar_ingest.consumer import DeviceMessageRouter, device_subscriptions, parse_device_topic
 from chargeghar_ingest.forwarder import CoreClient, Forwarder
 from chargeghar_ingest.locks import MemoryStationLock, RedisStationLock, StationLock
 from chargeghar_ingest.metrics import Metrics
@@ -62,7 +62,11 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
     """Wire the parts together (nothing is connected or opened yet; the lifespan does that)."""
     replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     metrics = Metrics()
-    spool = Spool(settings.spool.path)
+    spool = Spool(
+        settings.spool.path,
+        synchronous=settings.spool.synchronous,
+        max_jobs_per_commit=settings.spool.max_jobs_per_commit,
+    )
     redis: Redis | None = None
     presence: PresenceStore
     lock: StationLock
@@ -119,6 +123,11 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
     async def handle(message: InboundMessage) -> None:
         await router.handle(message)
 
+    def station_of_topic(topic: str) -> str:
+        # A station's update and heart messages are handled in order; anything else by its topic.
+        parsed = parse_device_topic(topic, settings.mqtt.topic_prefix)
+        return parsed.station if parsed is not None else topic
+
     if settings.mqtt_enabled:
         mqtt = settings.mqtt
         transport = MqttTransport(
@@ -139,6 +148,9 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
             handler=handle,
             reconnect_initial_s=mqtt.reconnect_initial_s,
             reconnect_max_s=mqtt.reconnect_max_s,
+            workers=mqtt.handler_workers,
+            worker_queue_size=mqtt.handler_queue_size,
+            ordering_key=station_of_topic,
         )
     core = settings.core
     http = httpx.AsyncClient(

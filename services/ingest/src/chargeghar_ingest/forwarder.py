@@ -6,8 +6,13 @@ Nothing leaves the spool until core answers 2xx for it. Failure handling per ans
 - 403 and client errors that can never succeed (400, 404, 409, 410, 413, 422) → dead-letter + alert log;
 - 5xx, 408, 429, timeouts, refused connections → retry later, exponential backoff with jitter.
 
-Per-station order: the spool only offers each station's oldest event, so a later event never overtakes
-one that is waiting for its retry.
+Per-station order: a station is offered only when its oldest event is due, its events go in spool order
+within a batch (core applies them in order and stops that station at its first failure worth retrying), and
+batches in flight at the same time never share a station. So a later event never overtakes one that is
+waiting for its retry.
+
+Throughput: up to ``batch_size`` events per request from many stations, several per station, and
+``batches_in_flight`` requests at once, so the ingest keeps core busy while it records the previous answer.
 """
 
 from __future__ import annotations
@@ -158,33 +163,85 @@ class CoreClient:
 class Forwarder:
     """Background task: drains the spool into core, forever, until cancelled."""
 
+    # Pause after a batch whose outcome could not be recorded (spool trouble), so it is not resent hot.
+    RECORD_FAILURE_PAUSE_S = 1.0
+
     def __init__(self, spool: Spool, core: CoreClient, settings: CoreSettings, metrics: Metrics) -> None:
         self._spool = spool
         self._core = core
         self._settings = settings
         self._metrics = metrics
+        # Stations with a batch in flight: no other batch may carry their events until it is recorded.
+        self._in_flight: set[str] = set()
 
     async def run(self) -> None:
-        while True:
-            await self.run_once()
+        slots = asyncio.Semaphore(max(1, self._settings.batches_in_flight))
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    batch = await self._take_due()
+                    while not batch:
+                        await self._wait_for_work()
+                        batch = await self._take_due()
+                except BaseException:
+                    slots.release()
+                    raise
+                stations = {event.station for event in batch}
+                self._in_flight |= stations
+                task = asyncio.create_task(self._send_and_record(batch, stations, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def run_once(self, idle_wait_s: float = 5.0) -> int:
         """Send one batch if any event is due, else wait for a new event or the next retry time."""
-        # Cleared before the query so an enqueue racing with it still wakes the next wait.
-        self._spool.new_event.clear()
-        now = time.time()
-        due = await self._spool.due_events(now=now, limit=self._settings.batch_size)
-        if not due:
-            next_at = await self._spool.next_retry_at()
-            wait = idle_wait_s if next_at is None else min(idle_wait_s, max(0.01, next_at - now))
-            try:
-                await asyncio.wait_for(self._spool.new_event.wait(), wait)
-            except TimeoutError:
-                pass
+        batch = await self._take_due()
+        if not batch:
+            await self._wait_for_work(idle_wait_s)
             return 0
-        deliveries = await self.deliver(due)
+        deliveries = await self.deliver(batch)
         await self._record(deliveries)
         return len(deliveries)
+
+    async def _take_due(self) -> list[SpooledEvent]:
+        # Cleared before the query so an enqueue racing with it still wakes the next wait.
+        self._spool.new_event.clear()
+        return await self._spool.due_batch(
+            now=time.time(),
+            limit=self._settings.batch_size,
+            per_station=self._settings.batch_events_per_station,
+            exclude=sorted(self._in_flight),
+        )
+
+    async def _wait_for_work(self, idle_wait_s: float = 5.0) -> None:
+        """Until an event is spooled, a batch in flight is recorded, or the next retry time comes."""
+        now = time.time()
+        next_at = await self._spool.next_retry_at(exclude=sorted(self._in_flight))
+        wait = idle_wait_s if next_at is None else min(idle_wait_s, max(0.01, next_at - now))
+        try:
+            await asyncio.wait_for(self._spool.new_event.wait(), wait)
+        except TimeoutError:
+            pass
+
+    async def _send_and_record(
+        self, batch: list[SpooledEvent], stations: set[str], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            deliveries = await self.deliver(batch)
+            await self._record(deliveries)
+        except Exception:
+            log.exception("forwarder.batch_failed", events=len(batch))
+            await asyncio.sleep(self.RECORD_FAILURE_PAUSE_S)
+        finally:
+            # Only now may the stations' next events go: their previous ones are acked or rescheduled.
+            self._in_flight -= stations
+            slots.release()
+            self._spool.new_event.set()
 
     async def deliver(self, events: list[SpooledEvent]) -> list[Delivery]:
         try:
@@ -196,14 +253,15 @@ class Forwarder:
             return [Delivery(e, "retry", detail) for e in events]
 
     async def _send_one(self, event: SpooledEvent) -> Delivery:
-        body = json.dumps(event.body, separators=(",", ":")).encode()
+        body = event.body_json.encode()
         response = await self._core.post_signed(
             DATA_PATH, body, event_id=event.event_id, correlation_id=event.correlation_id or event.event_id
         )
         return Delivery(event, _classify(response.status_code), _describe(response))
 
     async def _send_batch(self, events: list[SpooledEvent]) -> list[Delivery]:
-        body = json.dumps({"events": [e.body for e in events]}, separators=(",", ":")).encode()
+        # The stored JSON texts joined as they are: no decode/encode round per event.
+        body = ('{"events":[' + ",".join(e.body_json for e in events) + "]}").encode()
         response = await self._core.post_signed(
             BATCH_PATH, body, event_id=None, correlation_id=events[0].correlation_id or events[0].event_id
         )

@@ -7,6 +7,8 @@ the device or moves on to the next MQTT message.
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -45,6 +47,34 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _RandomIds:
+    """Random (version 4) UUIDs cut from one larger ``os.urandom`` read: the same randomness as
+    ``uuid.uuid4`` without a system call per event (each one also hands the GIL to the spool's threads)."""
+
+    CHUNK_IDS = 256
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def new(self) -> str:
+        with self._lock:
+            if self._offset >= len(self._pool):
+                self._pool = os.urandom(16 * self.CHUNK_IDS)
+                self._offset = 0
+            raw = self._pool[self._offset : self._offset + 16]
+            self._offset += 16
+        return str(uuid.UUID(bytes=raw, version=4))
+
+
+_random_ids = _RandomIds()
+
+
+def new_event_id() -> str:
+    return _random_ids.new()
+
+
 class EventRecorder:
     def __init__(
         self,
@@ -62,10 +92,17 @@ class EventRecorder:
     async def record(self, event: SpoolableEvent, *, station: str, correlation_id: str | None = None) -> str:
         """Give the event an id and observation time (unless it has them) and commit it to the spool."""
         if event.event_id is None:
-            event.event_id = str(uuid.uuid4())
+            event.event_id = new_event_id()
         if event.observed_at is None:
             event.observed_at = utc_now()
-        await self._spool.enqueue(event.to_wire(), station=station, correlation_id=correlation_id)
+        # Serialised once, by pydantic's JSON encoder; the forwarder sends these very bytes.
+        await self._spool.enqueue_serialized(
+            event_id=event.event_id,
+            event_type=event.type,
+            body_json=event.to_wire_json().decode(),
+            station=station,
+            correlation_id=correlation_id,
+        )
         self._metrics.inc("events_spooled_total")
         log.info("event.spooled", event_type=event.type, event_id=event.event_id, station_id=station)
         return event.event_id

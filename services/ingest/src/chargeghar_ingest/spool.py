@@ -1,6 +1,14 @@
 """The durable local spool: every event is committed here before the device gets its answer.
 
-One SQLite file per replica (WAL, ``synchronous=FULL`` so a commit survives power loss). Tables:
+One SQLite file per replica (WAL, ``synchronous=FULL`` by default so a commit survives power loss).
+
+Writes are group-committed: every write is a job handed to one writer thread, which runs all jobs waiting
+at that moment in one transaction (a savepoint each, so one failing job fails alone) and commits them with
+one fsync; each caller is resumed only after that commit. Under load many events share one fsync; alone,
+an event waits for nothing but its own commit. Reads use a separate connection (WAL readers never block
+the writer).
+
+Tables:
 
 - ``events``: waiting for core, in arrival order (``seq``); a row is deleted only after core answered 2xx.
 - ``dead_letters``: bad device input (raw bytes as hex) and events core refused for good (403, 4xx).
@@ -12,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import sqlite3
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -83,9 +94,14 @@ class SpooledEvent:
     event_id: str
     station: str
     type: str
-    body: dict[str, Any]
+    body_json: str  # the event as stored: sent to core as these bytes, without a decode/encode round
     correlation_id: str | None
     attempts: int
+
+    @property
+    def body(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body_json)
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,51 +134,245 @@ class SpoolClosedError(RuntimeError):
     pass
 
 
-class Spool:
-    """Async facade over the SQLite file; one connection, writes serialised by a lock."""
+T = TypeVar("T")
+WriteJob = Callable[[sqlite3.Connection], Any]
+SyncMode = Literal["FULL", "NORMAL"]
 
-    def __init__(self, path: Path) -> None:
+
+@dataclass(slots=True)
+class _PendingWrite:
+    job: WriteJob
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+# Sentinel that stops the writer thread (put after every job already queued, so those still commit).
+_STOP = object()
+
+
+class GroupCommitWriter:
+    """One thread, one SQLite connection: runs queued write jobs in shared transactions.
+
+    ``submit`` returns once the transaction holding the job has committed (or raises the job's error).
+    """
+
+    def __init__(self, path: Path, *, synchronous: SyncMode, max_jobs_per_commit: int) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._max_jobs = max(1, max_jobs_per_commit)
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+        self.commits = 0
+        self.jobs_committed = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"spool-writer:{self._path.name}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._open_error is not None:
+            raise self._open_error
+
+    async def submit(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise SpoolClosedError("spool is not open")
+        loop = asyncio.get_running_loop()
+        pending = _PendingWrite(job, loop.create_future(), loop)
+        self._jobs.put(pending)
+        result: T = await pending.future
+        return result
+
+    def stop(self) -> None:
+        """Commit what is queued, then end the thread (blocking; call it off the event loop)."""
+        if self._thread is None:
+            return
+        self._jobs.put(_STOP)
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged event survives power loss.
+            # NORMAL (opt-in): survives a crash of the process, not of the machine (see SpoolSettings).
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+        except BaseException as exc:  # handed to start() in the opening thread
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stopping = False
+            while not stopping:
+                group: list[_PendingWrite] = []
+                item = self._jobs.get()
+                while True:
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    group.append(item)
+                    if len(group) >= self._max_jobs:
+                        break
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                if group:
+                    self._commit_group(db, group)
+        finally:
+            db.close()
+
+    def _commit_group(self, db: sqlite3.Connection, group: list[_PendingWrite]) -> None:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for pending in group:
+                # A savepoint per job: a job that fails (e.g. a duplicate event id) is undone alone.
+                db.execute("SAVEPOINT job")
+                try:
+                    pending.outcome = (True, pending.job(db))
+                    db.execute("RELEASE job")
+                except BaseException as exc:  # even a non-Exception must not kill the writer thread
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    pending.outcome = (False, _as_exception(exc))
+            db.execute("COMMIT")
+            self.commits += 1
+            self.jobs_committed += len(group)
+        except BaseException as exc:
+            # The commit itself failed (disk full, I/O error): nothing of the group is durable.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for pending in group:
+                pending.outcome = (False, _as_exception(exc))
+        by_loop: dict[asyncio.AbstractEventLoop, list[_PendingWrite]] = {}
+        for pending in group:
+            by_loop.setdefault(pending.loop, []).append(pending)
+        for loop, resolved in by_loop.items():
+            # One wake-up of the event loop per group, not per job.
+            try:
+                loop.call_soon_threadsafe(_resolve_all, resolved)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                continue
+
+
+def _as_exception(exc: BaseException) -> Exception:
+    # A waiter gets an ordinary exception: a SystemExit raised into an unrelated task would stop the loop.
+    return exc if isinstance(exc, Exception) else RuntimeError(f"spool write interrupted: {exc!r}")
+
+
+def _resolve_all(group: list[_PendingWrite]) -> None:
+    for pending in group:
+        if pending.future.done():  # the waiter was cancelled; the write stands anyway
+            continue
+        ok, value = pending.outcome
+        if ok:
+            pending.future.set_result(value)
+        else:
+            pending.future.set_exception(value)
+
+
+def _insert_event_row(
+    db: sqlite3.Connection, event: dict[str, Any], station: str, correlation_id: str | None
+) -> None:
+    body = json.dumps(event, separators=(",", ":"))
+    _insert_serialized_row(db, str(event["event_id"]), str(event["type"]), body, station, correlation_id)
+
+
+def _insert_serialized_row(
+    db: sqlite3.Connection,
+    event_id: str,
+    event_type: str,
+    body_json: str,
+    station: str,
+    correlation_id: str | None,
+) -> None:
+    db.execute(
+        "INSERT INTO events (event_id, station, type, body, correlation_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (event_id, station, event_type, body_json, correlation_id, time.time()),
+    )
+
+
+class Spool:
+    """Async facade over the SQLite file: writes through the group-commit writer, reads on aiosqlite."""
+
+    def __init__(self, path: Path, *, synchronous: SyncMode = "FULL", max_jobs_per_commit: int = 512) -> None:
         self.path = path
+        self._synchronous: SyncMode = synchronous
+        self._max_jobs_per_commit = max_jobs_per_commit
         self._db: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._writer: GroupCommitWriter | None = None
         # Set on every enqueue so the forwarder wakes at once instead of polling.
         self.new_event = asyncio.Event()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = GroupCommitWriter(
+            self.path, synchronous=self._synchronous, max_jobs_per_commit=self._max_jobs_per_commit
+        )
+        # The writer creates the file and the schema before the reader connects.
+        await asyncio.to_thread(writer.start)
+        self._writer = writer
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced on every commit, so an acknowledged device request is on disk.
-        await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
         self._db = db
 
     async def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.stop)
         if self._db is not None:
             await self._db.close()
             self._db = None
 
     @property
     def db(self) -> aiosqlite.Connection:
+        """The read connection."""
         if self._db is None:
             raise SpoolClosedError("spool is not open")
         return self._db
+
+    @property
+    def group_commit_stats(self) -> tuple[int, int]:
+        """(commits, jobs committed) since open: their ratio is the average group size."""
+        writer = self._writer
+        return (writer.commits, writer.jobs_committed) if writer is not None else (0, 0)
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        writer = self._writer
+        if writer is None:
+            raise SpoolClosedError("spool is not open")
+        return await writer.submit(job)
 
     # ------------------------------------------------------------------------------------------ events
 
     async def enqueue(
         self, event: dict[str, Any], *, station: str, correlation_id: str | None = None
     ) -> None:
-        """Commit one event (it must carry ``event_id``, ``type`` and ``observed_at``)."""
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._insert_event(event, station, correlation_id)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+        """Commit one event (it must carry ``event_id``, ``type`` and ``observed_at``).
+
+        Returns only after the transaction holding it is durable (shared with concurrent writers)."""
+        await self._write(lambda db: _insert_event_row(db, event, station, correlation_id))
+        self.new_event.set()
+
+    async def enqueue_serialized(
+        self,
+        *,
+        event_id: str,
+        event_type: str,
+        body_json: str,
+        station: str,
+        correlation_id: str | None = None,
+    ) -> None:
+        """:meth:`enqueue` for an event already serialised to JSON text (carrying that id and type)."""
+        await self._write(
+            lambda db: _insert_serialized_row(db, event_id, event_type, body_json, station, correlation_id)
+        )
         self.new_event.set()
 
     async def enqueue_return(
@@ -181,52 +391,36 @@ class Spool:
         Returns ``(event_id, duplicate)``: on a duplicate nothing is written and the first event's id is
         returned.
         """
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = await self.db.execute(
-                    "SELECT event_id FROM return_keys WHERE station = ? AND power_bank_serial = ?"
-                    " AND slot_number = ? AND observed_ts BETWEEN ? AND ? ORDER BY observed_ts LIMIT 1",
-                    (
-                        station,
-                        power_bank_serial,
-                        slot_number,
-                        observed_ts - dedupe_window_s,
-                        observed_ts + dedupe_window_s,
-                    ),
-                )
-                row = await cursor.fetchone()
-                if row is not None:
-                    await self.db.execute("COMMIT")
-                    return str(row[0]), True
-                await self.db.execute(
-                    "INSERT INTO return_keys (station, power_bank_serial, slot_number, observed_ts, event_id)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (station, power_bank_serial, slot_number, observed_ts, event["event_id"]),
-                )
-                # Keys older than a day can never match again.
-                await self.db.execute("DELETE FROM return_keys WHERE observed_ts < ?", (observed_ts - 86400,))
-                await self._insert_event(event, station, correlation_id)
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        self.new_event.set()
-        return str(event["event_id"]), False
 
-    async def _insert_event(self, event: dict[str, Any], station: str, correlation_id: str | None) -> None:
-        await self.db.execute(
-            "INSERT INTO events (event_id, station, type, body, correlation_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                event["event_id"],
-                station,
-                event["type"],
-                json.dumps(event, separators=(",", ":")),
-                correlation_id,
-                time.time(),
-            ),
-        )
+        def job(db: sqlite3.Connection) -> tuple[str, bool]:
+            # Jobs run one after the other on the writer: the check and the insert cannot interleave.
+            row = db.execute(
+                "SELECT event_id FROM return_keys WHERE station = ? AND power_bank_serial = ?"
+                " AND slot_number = ? AND observed_ts BETWEEN ? AND ? ORDER BY observed_ts LIMIT 1",
+                (
+                    station,
+                    power_bank_serial,
+                    slot_number,
+                    observed_ts - dedupe_window_s,
+                    observed_ts + dedupe_window_s,
+                ),
+            ).fetchone()
+            if row is not None:
+                return str(row[0]), True
+            db.execute(
+                "INSERT INTO return_keys (station, power_bank_serial, slot_number, observed_ts, event_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (station, power_bank_serial, slot_number, observed_ts, event["event_id"]),
+            )
+            # Keys older than a day can never match again.
+            db.execute("DELETE FROM return_keys WHERE observed_ts < ?", (observed_ts - 86400,))
+            _insert_event_row(db, event, station, correlation_id)
+            return str(event["event_id"]), False
+
+        event_id, duplicate = await self._write(job)
+        if not duplicate:
+            self.new_event.set()
+        return event_id, duplicate
 
     async def due_events(self, *, now: float, limit: int) -> list[SpooledEvent]:
         """The oldest waiting event of each station whose retry time has come, oldest first.
@@ -240,79 +434,75 @@ class Spool:
             " ON e.seq = f.first_seq WHERE e.next_attempt_at <= ? ORDER BY e.seq LIMIT ?",
             (now, limit),
         )
-        rows = await cursor.fetchall()
-        return [
-            SpooledEvent(
-                seq=int(r[0]),
-                event_id=str(r[1]),
-                station=str(r[2]),
-                type=str(r[3]),
-                body=json.loads(r[4]),
-                correlation_id=r[5],
-                attempts=int(r[6]),
-            )
-            for r in rows
-        ]
+        return [_spooled(r) for r in await cursor.fetchall()]
 
-    async def next_retry_at(self) -> float | None:
+    async def due_batch(
+        self, *, now: float, limit: int, per_station: int, exclude: Sequence[str] = ()
+    ) -> list[SpooledEvent]:
+        """Up to ``per_station`` waiting events of each station whose oldest event is due, in spool order.
+
+        A station is eligible when its *oldest* event's retry time has come; its next events follow it in
+        order (the receiver applies them in order and stops a station at its first retryable failure).
+        Stations in ``exclude`` (already in flight) are left out entirely.
+        """
+        cursor = await self.db.execute(
+            "WITH heads AS (SELECT station, MIN(seq) AS first_seq FROM events GROUP BY station),"
+            " ready AS (SELECT h.station, h.first_seq FROM heads h JOIN events e ON e.seq = h.first_seq"
+            "  WHERE e.next_attempt_at <= ? AND h.station NOT IN (SELECT value FROM json_each(?))"
+            "  ORDER BY h.first_seq LIMIT ?),"
+            " ranked AS (SELECT e.seq, e.event_id, e.station, e.type, e.body, e.correlation_id, e.attempts,"
+            "  ROW_NUMBER() OVER (PARTITION BY e.station ORDER BY e.seq) AS position"
+            "  FROM events e JOIN ready r ON e.station = r.station)"
+            " SELECT seq, event_id, station, type, body, correlation_id, attempts FROM ranked"
+            " WHERE position <= ? ORDER BY seq LIMIT ?",
+            (now, json.dumps(list(exclude)), limit, max(1, per_station), limit),
+        )
+        return [_spooled(r) for r in await cursor.fetchall()]
+
+    async def next_retry_at(self, exclude: Sequence[str] = ()) -> float | None:
+        """When the next station head becomes due (stations in ``exclude`` not counted)."""
         # Only a station's head event can become due; later ones wait behind it whatever their time.
         cursor = await self.db.execute(
             "SELECT MIN(e.next_attempt_at) FROM events e"
             " JOIN (SELECT station, MIN(seq) AS first_seq FROM events GROUP BY station) f"
-            " ON e.seq = f.first_seq"
+            " ON e.seq = f.first_seq WHERE f.station NOT IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(exclude)),),
         )
         row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     async def ack(self, seqs: Sequence[int]) -> None:
-        """Core answered 2xx for these: forget them (one transaction, one fsync)."""
+        """Core answered 2xx for these: forget them (shares a commit with concurrent writes)."""
         if not seqs:
             return
-        async with self._write_lock:
-            await self._in_transaction("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+        rows = [(s,) for s in seqs]
+        await self._write(lambda db: db.executemany("DELETE FROM events WHERE seq = ?", rows))
 
     async def schedule_retries(self, retries: Sequence[tuple[int, float, str]]) -> None:
         """``(seq, next_attempt_at, error)`` per event that must be sent again later."""
         if not retries:
             return
-        async with self._write_lock:
-            await self._in_transaction(
+        rows = [(next_at, error[:500], seq) for seq, next_at, error in retries]
+        await self._write(
+            lambda db: db.executemany(
                 "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
                 " WHERE seq = ?",
-                [(next_at, error[:500], seq) for seq, next_at, error in retries],
+                rows,
             )
-
-    async def _in_transaction(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            await self.db.executemany(sql, rows)
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        )
 
     async def move_to_dead_letter(self, event: SpooledEvent, *, reason: str, detail: str) -> None:
         """Core refused this event for good: keep it (with why) and stop blocking its station."""
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.execute(
-                    "INSERT INTO dead_letters (created_at, source, station, reason, detail, event_id, body)"
-                    " VALUES (?, 'forwarder', ?, ?, ?, ?, ?)",
-                    (
-                        time.time(),
-                        event.station,
-                        reason,
-                        detail[:2000],
-                        event.event_id,
-                        json.dumps(event.body),
-                    ),
-                )
-                await self.db.execute("DELETE FROM events WHERE seq = ?", (event.seq,))
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO dead_letters (created_at, source, station, reason, detail, event_id, body)"
+                " VALUES (?, 'forwarder', ?, ?, ?, ?, ?)",
+                (time.time(), event.station, reason, detail[:2000], event.event_id, event.body_json),
+            )
+            db.execute("DELETE FROM events WHERE seq = ?", (event.seq,))
+
+        await self._write(job)
 
     async def pending_count(self) -> int:
         cursor = await self.db.execute("SELECT COUNT(*) FROM events")
@@ -327,10 +517,7 @@ class Spool:
             query += " WHERE station = ?"
             params = (station,)
         cursor = await self.db.execute(query + " ORDER BY seq", params)
-        return [
-            SpooledEvent(int(r[0]), str(r[1]), str(r[2]), str(r[3]), json.loads(r[4]), r[5], int(r[6]))
-            for r in await cursor.fetchall()
-        ]
+        return [_spooled(r) for r in await cursor.fetchall()]
 
     # ------------------------------------------------------------------------------------------ dead letters
 
@@ -343,13 +530,17 @@ class Spool:
         detail: str | None = None,
         raw: bytes | None = None,
     ) -> int:
-        async with self._write_lock:
-            cursor = await self.db.execute(
-                "INSERT INTO dead_letters (created_at, source, station, reason, detail, raw_hex)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), source, station, reason, detail, raw.hex() if raw is not None else None),
+        values = (time.time(), source, station, reason, detail, raw.hex() if raw is not None else None)
+        return await self._write(
+            lambda db: int(
+                db.execute(
+                    "INSERT INTO dead_letters (created_at, source, station, reason, detail, raw_hex)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                ).lastrowid
+                or 0
             )
-            return int(cursor.lastrowid or 0)
+        )
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         cursor = await self.db.execute(
@@ -390,22 +581,27 @@ class Spool:
         qos: int,
         started_at: float,
     ) -> int:
-        async with self._write_lock:
-            cursor = await self.db.execute(
-                "INSERT INTO command_audit (command_id, station, caller, cmd, payload, qos, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (command_id, station, caller, cmd, json.dumps(payload), qos, started_at),
+        values = (command_id, station, caller, cmd, json.dumps(payload), qos, started_at)
+        return await self._write(
+            lambda db: int(
+                db.execute(
+                    "INSERT INTO command_audit (command_id, station, caller, cmd, payload, qos, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                ).lastrowid
+                or 0
             )
-            return int(cursor.lastrowid or 0)
+        )
 
     async def audit_command_finished(
         self, audit_id: int, *, outcome: str, reply: dict[str, Any] | None, elapsed_ms: int
     ) -> None:
-        async with self._write_lock:
-            await self.db.execute(
-                "UPDATE command_audit SET outcome = ?, reply = ?, elapsed_ms = ? WHERE id = ?",
-                (outcome, json.dumps(reply) if reply is not None else None, elapsed_ms, audit_id),
+        values = (outcome, json.dumps(reply) if reply is not None else None, elapsed_ms, audit_id)
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE command_audit SET outcome = ?, reply = ?, elapsed_ms = ? WHERE id = ?", values
             )
+        )
 
     async def audit_rows(self, station: str) -> list[AuditRow]:
         return await self._audit_query(_AUDIT_BY_STATION, station)
@@ -430,3 +626,15 @@ class Spool:
             )
             for r in await cursor.fetchall()
         ]
+
+
+def _spooled(row: Any) -> SpooledEvent:
+    return SpooledEvent(
+        seq=int(row[0]),
+        event_id=str(row[1]),
+        station=str(row[2]),
+        type=str(row[3]),
+        body_json=str(row[4]),
+        correlation_id=row[5],
+        attempts=int(row[6]),
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class InboundMessage:
 
 
 MessageHandler = Callable[[InboundMessage], Awaitable[None]]
+# Which messages must be handled in order relative to each other (e.g. the station named in the topic).
+OrderingKey = Callable[[str], str]
 
 
 def _raise_if_cancel_was_swallowed() -> None:
@@ -78,10 +81,19 @@ class MqttTransport:
         handler: MessageHandler,
         reconnect_initial_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        workers: int = 1,
+        worker_queue_size: int = 64,
+        ordering_key: OrderingKey | None = None,
     ) -> None:
         self._connection = connection
         self._subscriptions = list(subscriptions)
         self._handler = handler
+        # Messages are handled concurrently by ``workers`` tasks; all messages with one ordering key go
+        # to the same worker, so they are handled (and acknowledged) in arrival order.
+        self._worker_count = max(1, workers)
+        self._worker_queue_size = max(1, worker_queue_size)
+        self._ordering_key: OrderingKey = ordering_key or (lambda topic: topic)
+        self._queues: list[asyncio.Queue[tuple[aiomqtt.Client, aiomqtt.Message]]] = []
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
         self._client: aiomqtt.Client | None = None
@@ -126,7 +138,21 @@ class MqttTransport:
         return client
 
     async def run(self) -> None:
-        """Connect, subscribe and hand every message to the handler until cancelled."""
+        """Connect, subscribe and hand every message to the handlers until cancelled."""
+        self._queues = [asyncio.Queue(self._worker_queue_size) for _ in range(self._worker_count)]
+        # The workers outlive a connection: what was received before a drop is still spooled (with a
+        # clean session the broker would not send it again); only its acknowledgement is lost.
+        workers = [
+            asyncio.create_task(self._work(q), name=f"mqtt-handler-{i}") for i, q in enumerate(self._queues)
+        ]
+        try:
+            await self._consume()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _consume(self) -> None:
         failures = 0
         while True:
             try:
@@ -146,7 +172,7 @@ class MqttTransport:
                         connects=self.connect_count,
                     )
                     async for message in client.messages:
-                        await self._dispatch(client, message)
+                        await self._enqueue(client, message)
                         _raise_if_cancel_was_swallowed()
             except aiomqtt.MqttError as exc:
                 failures += 1
@@ -164,6 +190,17 @@ class MqttTransport:
         ceiling = min(self._reconnect_max_s, self._reconnect_initial_s * (2 ** min(failures - 1, 20)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
+    async def _enqueue(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        key = self._ordering_key(message.topic.value)
+        shard = zlib.crc32(key.encode()) % len(self._queues)
+        # Waits when that worker is behind: back-pressure on the reading loop, bounded memory.
+        await self._queues[shard].put((client, message))
+
+    async def _work(self, jobs: asyncio.Queue[tuple[aiomqtt.Client, aiomqtt.Message]]) -> None:
+        while True:
+            client, message = await jobs.get()
+            await self._dispatch(client, message)
+
     async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = message.payload
         body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
@@ -177,6 +214,7 @@ class MqttTransport:
             self.handler_errors += 1
             log.exception("mqtt.handler_failed", topic=inbound.topic, payload_hex=inbound.payload.hex())
         # Acked after a failure too: redelivering a message that breaks the handler would loop forever.
+        # (On a connection that has dropped meanwhile paho only reports an error code: nothing to do.)
         client._client.ack(message.mid, message.qos)
 
     async def publish(self, topic: str, payload: bytes | str, *, qos: int, timeout_s: float = 10.0) -> None:

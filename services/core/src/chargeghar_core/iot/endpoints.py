@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -38,6 +39,7 @@ from chargeghar_core.iot.security import InternalGate
 from chargeghar_core.iot.service import (
     FAILURE_CODES,
     EventContext,
+    EventOutcome,
     EventProcessingFailed,
     StationEventProcessor,
     failure_log_entry,
@@ -224,64 +226,155 @@ async def station_data_batch(request: Request, caller: InternalCaller, session: 
         raise ValidationFailed(details={"events": [f"at most {MAX_BATCH_EVENTS} events per batch"]})
 
     processor = _processor(request, session)
-    results = [
-        await _process_batch_item(session, processor, index, raw, signature, received_at, started)
-        for index, raw in enumerate(events)
+    items = [
+        _BatchItem.parse(index, raw, signature, received_at, started) for index, raw in enumerate(events)
     ]
+    results = await _apply_batch_at_once(session, processor, items)
+    if results is None:
+        results = await _apply_batch_event_by_event(session, processor, items)
     return JSONResponse(
         {"success": True, "message": f"{len(results)} events processed", "data": {"results": results}}
     )
 
 
-async def _process_batch_item(
-    session: AsyncSession,
-    processor: StationEventProcessor,
-    index: int,
-    raw: Any,
-    signature: str,
-    received_at: Any,
-    started: float,
-) -> dict[str, Any]:
-    explicit_id = (
-        raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
-    )
-    context = EventContext(
-        event_key=_event_key(explicit_id, f"sig:{signature}:{index}"),
-        received_at=received_at,
-        payload_json=json.dumps(raw),
-        started=started,
-    )
-    try:
-        event = _parse_event(raw)
-    except _ParseFailure as failure:
-        event_type = (
-            raw.get("type") if isinstance(raw, dict) and isinstance(raw.get("type"), str) else "unknown"
-        )
-        entry = failure_log_entry(
-            event_type=str(event_type)[:32],
-            station_key=None,
-            context=context,
-            error=f"{failure.code}: {failure.message}",
-        )
-        await SyncLogRepository(session).add_resolving_station(entry)
-        return _item(index, explicit_id, failure)
+@dataclass(slots=True)
+class _BatchItem:
+    """One entry of a batch, parsed (or refused) before anything touches the database."""
 
+    index: int
+    explicit_id: str | None
+    context: EventContext
+    event: StationEvent | None
+    parse_failure: _ParseFailure | None
+    declared_type: str
+
+    @classmethod
+    def parse(cls, index: int, raw: Any, signature: str, received_at: Any, started: float) -> _BatchItem:
+        explicit_id = (
+            raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
+        )
+        context = EventContext(
+            event_key=_event_key(explicit_id, f"sig:{signature}:{index}"),
+            received_at=received_at,
+            payload_json=json.dumps(raw),
+            started=started,
+        )
+        declared = _declared_type(raw)
+        try:
+            return cls(index, explicit_id, context, _parse_event(raw), None, declared)
+        except _ParseFailure as failure:
+            return cls(index, explicit_id, context, None, failure, declared)
+
+
+class _BatchEventFailed(Exception):
+    """Ends the one-savepoint pass of a batch: an event failed, so the batch is redone event by event."""
+
+
+async def _apply_batch_at_once(
+    session: AsyncSession, processor: StationEventProcessor, items: list[_BatchItem]
+) -> list[dict[str, Any]] | None:
+    """The common case, every event applies: one savepoint around the whole batch instead of one per event.
+
+    A savepoint per event costs two round trips, and every distinct savepoint name is a statement asyncpg
+    prepares and caches, which evicts the event statements from the cache at batch sizes beyond ~50. On
+    PostgreSQL the keys are also claimed and the stations locked for the whole batch in two statements.
+    When any event fails, the whole pass is rolled back and None is returned: the caller redoes the batch
+    event by event (savepoint each), so the per-event all-or-nothing rule holds either way.
+    """
+    outcomes: list[EventOutcome] = []
+    parsed = [(item.event, item.context) for item in items if item.event is not None]
+    try:
+        async with session.begin_nested():
+            try:
+                claims = await processor.claim_batch(parsed)
+                for event, context in parsed:
+                    outcome = await processor.process(event, context, claims)
+                    outcomes.append(outcome)
+            except Exception as exc:
+                raise _BatchEventFailed from exc
+    except _BatchEventFailed as failed:
+        logger.info("batch_redone_event_by_event", cause=repr(failed.__cause__))
+        return None
+    # Parse failures are written after the pass (they do not depend on it), results stay in request order.
+    by_index = iter(outcomes)
+    ordered: list[dict[str, Any]] = []
+    for item in items:
+        if item.parse_failure is None and item.event is not None:
+            ordered.append(_success_item(item, next(by_index)))
+        else:
+            failure = item.parse_failure or _ParseFailure("Invalid station event")
+            ordered.append(await _record_batch_parse_failure(session, item, failure))
+    return ordered
+
+
+async def _apply_batch_event_by_event(
+    session: AsyncSession, processor: StationEventProcessor, items: list[_BatchItem]
+) -> list[dict[str, Any]]:
+    """Each event in its own savepoint. After an event of a station fails in a way worth retrying (5xx),
+    that station's later events in this batch are not attempted (503): applying them would put them ahead
+    of the failed one, which the sender will resend."""
+    retry_pending: set[str] = set()
+    results: list[dict[str, Any]] = []
+    for item in items:
+        if item.parse_failure is not None or item.event is None:
+            failure = item.parse_failure or _ParseFailure("Invalid station event")
+            results.append(await _record_batch_parse_failure(session, item, failure))
+            continue
+        station_key = item.event.device.identity
+        if station_key in retry_pending:
+            results.append(_item(item.index, item.explicit_id, PrecedingEventFailed()))
+            continue
+        result = await _process_batch_item(session, processor, item, item.event)
+        if not result["success"] and result["status_code"] >= 500:
+            retry_pending.add(station_key)
+        results.append(result)
+    return results
+
+
+class PrecedingEventFailed(CoreError):
+    """Not attempted: an earlier event of the same station in this batch failed and will be resent."""
+
+    status_code = 503
+    code = "PRECEDING_EVENT_FAILED"
+    default_message = "Not processed: an earlier event of this station in the batch failed; send both again"
+
+
+async def _record_batch_parse_failure(
+    session: AsyncSession, item: _BatchItem, failure: CoreError
+) -> dict[str, Any]:
+    entry = failure_log_entry(
+        event_type=item.declared_type,
+        station_key=None,
+        context=item.context,
+        error=f"{failure.code}: {failure.message}",
+    )
+    await SyncLogRepository(session).add_resolving_station(entry)
+    return _item(item.index, item.explicit_id, failure)
+
+
+async def _process_batch_item(
+    session: AsyncSession, processor: StationEventProcessor, item: _BatchItem, event: StationEvent
+) -> dict[str, Any]:
     try:
         # A savepoint per event: a failing event rolls back alone, the others of the batch stay applied.
         async with session.begin_nested():
-            outcome = await processor.process(event, context)
+            outcome = await processor.process(event, item.context)
     except Exception as exc:
         answer = failure_answer(exc, event.type)
         entry = failure_log_entry(
-            event_type=event.type, station_key=event.device.identity, context=context, error=repr(exc)
+            event_type=event.type, station_key=event.device.identity, context=item.context, error=repr(exc)
         )
         # Outside the event's savepoint (already rolled back): kept even though the event is not applied.
         await SyncLogRepository(session).add_resolving_station(entry)
-        _log_failure(exc, answer, event.type, context.event_key)
-        return _item(index, explicit_id, answer)
+        _log_failure(exc, answer, event.type, item.context.event_key)
+        return _item(item.index, item.explicit_id, answer)
+    return _success_item(item, outcome)
+
+
+def _success_item(item: _BatchItem, outcome: EventOutcome) -> dict[str, Any]:
     return BatchItemResult(
-        index=index,
-        event_id=explicit_id,
+        index=item.index,
+        event_id=item.explicit_id,
         success=True,
         status_code=200,
         message=outcome.message,

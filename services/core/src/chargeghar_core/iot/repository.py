@@ -128,6 +128,29 @@ def _pg_claim_and_lock() -> Any:
     )
 
 
+# PostgreSQL, a whole batch at once: claim every key (a key repeated in the batch is claimed once, by its
+# first occurrence) ...
+_PG_CLAIM_MANY = text(
+    """
+    INSERT INTO processed_events (event_key, event_type, created_at)
+    SELECT u.event_key, u.event_type, CAST(:now AS timestamptz)
+    FROM unnest(CAST(:keys AS text[]), CAST(:types AS text[])) WITH ORDINALITY AS u(event_key, event_type, n)
+    ORDER BY u.n
+    ON CONFLICT (event_key) DO NOTHING
+    RETURNING event_key
+    """
+)
+
+# ... and lock every station the batch names, in id order (two batches never wait on each other in a cycle).
+_PG_LOCK_MANY = text("SELECT * FROM stations WHERE imei = ANY(CAST(:imeis AS text[])) ORDER BY id FOR UPDATE")
+
+
+@lru_cache(maxsize=1)
+def _pg_lock_many() -> Any:
+    textual = _PG_LOCK_MANY.columns(*table_of(Station).c)
+    return select(Station).from_statement(textual).execution_options(populate_existing=True)
+
+
 class ProcessedEventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -156,6 +179,18 @@ class ProcessedEventRepository:
         ).one()
         station, claimed = row
         return bool(claimed), station
+
+    async def claim_and_lock_many(
+        self, keys: Sequence[tuple[str, str]], imeis: Sequence[str], now: datetime
+    ) -> tuple[set[str], dict[str, Station]]:
+        """PostgreSQL only: claim ``(event_key, event_type)`` pairs and lock the stations named by
+        ``imeis`` in two statements. Returns the keys claimed now and the locked stations by IMEI."""
+        claimed = await self.session.execute(
+            _PG_CLAIM_MANY, {"keys": [k for k, _ in keys], "types": [t for _, t in keys], "now": now}
+        )
+        claimed_keys = {str(row[0]) for row in claimed}
+        stations = (await self.session.execute(_pg_lock_many(), {"imeis": sorted(set(imeis))})).scalars()
+        return claimed_keys, {station.imei: station for station in stations}
 
     async def stored(self, event_key: str) -> tuple[str | None, dict[str, Any] | None, uuid.UUID | None]:
         rows = await self.session.execute(
@@ -221,7 +256,8 @@ def _log_params(log: SyncLogRow) -> dict[str, Any]:
 # PostgreSQL fast path of a full snapshot: two statements after the claim and the station lock.
 #
 # 1. Banks: upsert every listed bank, detach banks recorded at the station that are no longer listed, and
-#    empty the slots that will be rewritten (this station's, and any slot elsewhere holding a listed bank).
+#    empty the slots that will be rewritten (this station's, and any slot elsewhere holding a listed bank),
+#    except a slot that keeps the very bank it holds.
 #    The three touch disjoint rows, so one statement is safe; the slot upsert must see the emptied slots
 #    (one-slot-per-bank unique constraint), which is why it is the next statement.
 _PG_SNAPSHOT_BANKS = text(
@@ -243,7 +279,7 @@ _PG_SNAPSHOT_BANKS = text(
             current_slot_number = excluded.current_slot_number,
             last_seen_at = excluded.last_seen_at,
             modified_at = excluded.last_seen_at
-        RETURNING serial_number, id
+        RETURNING serial_number, id, current_slot_number
     ), detached AS (
         UPDATE power_banks SET current_station_id = NULL, current_slot_number = NULL
         WHERE current_station_id = CAST(:station_id AS uuid)
@@ -254,6 +290,14 @@ _PG_SNAPSHOT_BANKS = text(
             status = CASE WHEN status = 'OCCUPIED' THEN 'AVAILABLE' ELSE status END
         WHERE power_bank_id IS NOT NULL
           AND (station_id = CAST(:station_id AS uuid) OR power_bank_id IN (SELECT id FROM banks))
+          -- A slot keeping the bank it already holds is left alone: the slot upsert rewrites it anyway,
+          -- and emptying it first would write every unchanged slot twice.
+          AND NOT EXISTS (
+              SELECT 1 FROM banks kept
+              WHERE kept.id = station_slots.power_bank_id
+                AND station_slots.station_id = CAST(:station_id AS uuid)
+                AND station_slots.slot_number = kept.current_slot_number
+          )
         RETURNING 1
     )
     SELECT serial_number, id FROM banks

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ from chargeghar_protocol.contract import (
     StatusEvent,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from chargeghar_core.iot.hooks import IotHooks, ReturnContext
 from chargeghar_core.iot.repository import (
@@ -40,7 +41,7 @@ from chargeghar_core.iot.repository import (
     SnapshotWriter,
     SyncLogRow,
 )
-from chargeghar_core.kit.db import utcnow
+from chargeghar_core.kit.db import dialect_name, utcnow
 from chargeghar_core.kit.errors import CoreError, ValidationFailed
 from chargeghar_core.powerbanks.models import PowerBank
 from chargeghar_core.powerbanks.repository import BankObservation, PowerBankRepository
@@ -88,6 +89,22 @@ class EventContext:
     started: float  # time.perf_counter() when the request started, for the sync log's duration
 
 
+@dataclass(slots=True)
+class BatchClaims:
+    """Keys claimed and stations locked up front for a whole batch (PostgreSQL): two statements per batch
+    instead of one per event. Only valid inside the transaction (or savepoint) that made them."""
+
+    claimed: set[str]
+    stations: dict[str, Station]
+
+    def take_claim(self, event_key: str) -> bool:
+        """True for the first event with this key: a repeat within the batch is a duplicate."""
+        if event_key in self.claimed:
+            self.claimed.discard(event_key)
+            return True
+        return False
+
+
 class StationEventProcessor:
     def __init__(self, session: AsyncSession, hooks: IotHooks, catalog: ModelCatalog) -> None:
         self.session = session
@@ -97,14 +114,35 @@ class StationEventProcessor:
         self.banks = PowerBankRepository(session)
         self.processed = ProcessedEventRepository(session)
 
-    async def process(self, event: StationEvent, context: EventContext) -> EventOutcome:
-        """Apply ``event`` once. A repeat of an applied event answers the first result as a duplicate."""
-        _check_identifier_lengths(event)
-        # The station row stays locked until the transaction ends: two events of one station apply one
-        # after the other, and the stale check below sees the newest observed_at.
-        claimed, station = await self.processed.claim_and_lock(
-            context.event_key, event.type, event.device.identity, context.received_at
+    async def claim_batch(self, events: Sequence[tuple[StationEvent, EventContext]]) -> BatchClaims | None:
+        """Claim and lock for a whole batch up front (PostgreSQL; None elsewhere: claimed per event)."""
+        if not events or dialect_name(self.session) != "postgresql":
+            return None
+        claimed, stations = await self.processed.claim_and_lock_many(
+            [(context.event_key, event.type) for event, context in events],
+            [event.device.identity for event, _ in events],
+            events[0][1].received_at,
         )
+        return BatchClaims(claimed, stations)
+
+    async def process(
+        self, event: StationEvent, context: EventContext, batch: BatchClaims | None = None
+    ) -> EventOutcome:
+        """Apply ``event`` once. A repeat of an applied event answers the first result as a duplicate.
+
+        ``batch``: the claims and locks :meth:`claim_batch` made for the batch this event belongs to."""
+        _check_identifier_lengths(event)
+        if batch is None:
+            # The station row stays locked until the transaction ends: two events of one station apply
+            # one after the other, and the stale check below sees the newest observed_at.
+            claimed, station = await self.processed.claim_and_lock(
+                context.event_key, event.type, event.device.identity, context.received_at
+            )
+        else:
+            # Locked already; the in-memory row is current: every write to it in this transaction goes
+            # through the ORM or is mirrored into it (see _apply_full).
+            claimed = batch.take_claim(context.event_key)
+            station = batch.stations.get(event.device.identity)
         if not claimed:
             return await self._duplicate(event, context)
         if isinstance(event, FullEvent):
@@ -287,6 +325,10 @@ class StationEventProcessor:
             log=self._log_row(event, context, SyncOutcome.SUCCESS, station.id),
         )
         await writer.write_slots_and_finish(station.id, slots, finish, now)
+        # The row was written with SQL: keep the loaded object equal to it (the next event of this station
+        # in the same batch reads observed_at and status from it), without making it dirty.
+        for name, value in finish.station_values.items():
+            set_committed_value(station, name, value)
         return EventOutcome(SyncOutcome.SUCCESS, "Station data synchronised", data, station.id, finished=True)
 
     def _snapshot_rows(
