@@ -27,7 +27,7 @@ from chargeghar_core.payments.wallet import WalletService
 from chargeghar_core.pricing.models import LateFeePolicy, RentalPackage
 from chargeghar_core.rentals.runtime import RentalRuntime
 from chargeghar_core.rentals.settings import PaymentSettings, RentalSettings
-from chargeghar_core.rentals.wiring import install_rentals
+from chargeghar_core.rentals.wiring import configure_rentals
 from chargeghar_core.renters.models import RenterProfile
 from chargeghar_core.settings import (
     DatabaseSettings,
@@ -274,7 +274,7 @@ async def running_rentals_app(
     """The core app with the rentals domain; with ``sessionmaker`` every session (requests, popup tasks,
     event hooks) joins the test's rolled-back transaction."""
     app = create_app(core_settings(database_url))
-    runtime = install_rentals(
+    runtime = configure_rentals(
         app, rental_settings=settings, payment_settings=payment_settings or PaymentSettings()
     )
     if sessionmaker is not None:

@@ -286,3 +286,20 @@ async def test_a_snapshot_showing_a_pending_rentals_bank_after_a_failed_eject_ca
     stored = await _rental(session, rental["id"])
     assert (stored.status, stored.refunded_paisa) == ("CANCELLED", 5000)
     assert await _balance(session, renter) == 5000
+
+
+async def test_a_return_stamped_slightly_before_the_start_still_ends_the_rental_but_an_old_one_does_not(
+    client: RentalsClient, session: AsyncSession, fake_ingest: FakeIngest
+) -> None:
+    imei, serial, _renter, rental = await _rent(client, session, fake_ingest, balance=5000)
+    started = datetime.fromisoformat(rental["started_at"])
+
+    old = await client.sync(returned_event(imei, serial, 2, returned_at=_iso(started - timedelta(hours=1))))
+    assert old.json()["data"]["rehomed"] is True
+    assert (await _rental(session, rental["id"])).status == "ACTIVE"
+
+    skewed = await client.sync(
+        returned_event(imei, serial, 2, returned_at=_iso(started - timedelta(seconds=30)))
+    )
+    assert skewed.json()["data"]["rental_status"] == "COMPLETED"
+    assert (await _rental(session, rental["id"])).ended_at == started

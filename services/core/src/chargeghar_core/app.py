@@ -24,6 +24,7 @@ from chargeghar_core.kit.migrate import ensure_sqlite_directory, upgrade_databas
 from chargeghar_core.kit.ratelimit import InProcessRateLimiter, RateLimiter, RedisRateLimiter
 from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
 from chargeghar_core.powerbanks.service import ModelCatalog
+from chargeghar_core.rentals.wiring import install_rentals
 from chargeghar_core.settings import Settings, get_settings
 from chargeghar_core.stations.endpoints import admin_router as stations_admin_router
 from chargeghar_core.stations.endpoints import router as stations_router
@@ -86,4 +87,6 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.include_router(stations_router)
     app.include_router(stations_admin_router)
     app.include_router(powerbanks_router)
+    # Renters, pricing, payments, rentals: routers, station-event hooks (unless given), jobs in the lifespan.
+    install_rentals(app, install_hooks=hooks is None)
     return app

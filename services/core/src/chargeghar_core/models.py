@@ -3,18 +3,32 @@
 from chargeghar_core.auth.models import UsedRefreshToken, User
 from chargeghar_core.iot.models import ProcessedEvent
 from chargeghar_core.kit.db import Base
+from chargeghar_core.payments.models import LedgerEntry, Payment, Wallet
 from chargeghar_core.powerbanks.models import PowerBank, PowerBankModel
+from chargeghar_core.pricing.models import LateFeePolicy, RentalPackage, StationDiscount
+from chargeghar_core.rentals.models import Rental, RentalAuditEntry, RentalExtension
+from chargeghar_core.renters.models import RenterProfile
 from chargeghar_core.stations.models import Station, StationSlot, StationStatusHistory, SyncLog
 
 __all__ = [
     "Base",
+    "LateFeePolicy",
+    "LedgerEntry",
+    "Payment",
     "PowerBank",
     "PowerBankModel",
     "ProcessedEvent",
+    "Rental",
+    "RentalAuditEntry",
+    "RentalExtension",
+    "RentalPackage",
+    "RenterProfile",
     "Station",
+    "StationDiscount",
     "StationSlot",
     "StationStatusHistory",
     "SyncLog",
     "UsedRefreshToken",
     "User",
+    "Wallet",
 ]

@@ -15,19 +15,21 @@ from chargeghar_protocol.contract import CommandResultEvent
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.iot.hooks import IotHooks, RentalReturnOutcome, ReturnContext
+from chargeghar_core.rentals.runtime import RentalRuntime
 from chargeghar_core.rentals.service import RentalService, ReturnPlace, rupees
-from chargeghar_core.rentals.settings import RentalSettings
 
 
 class RentalEventHooks:
-    """One object for the three seams (returns, snapshot reconciliation, late command results)."""
+    """One object for the three seams (returns, snapshot reconciliation, late command results).
 
-    def __init__(self, settings: RentalSettings, currency: str = "NPR") -> None:
-        self.settings = settings
-        self.currency = currency
+    Settings are read from the runtime at each call, so configuring the app after it was created works.
+    """
+
+    def __init__(self, runtime: RentalRuntime) -> None:
+        self.runtime = runtime
 
     def _service(self, session: AsyncSession) -> RentalService:
-        return RentalService(session, self.settings, currency=self.currency)
+        return RentalService(session, self.runtime.settings, currency=self.runtime.payment_settings.currency)
 
     async def complete_open_rental(
         self, session: AsyncSession, context: ReturnContext
@@ -75,6 +77,6 @@ class RentalEventHooks:
         )
 
 
-def rental_iot_hooks(settings: RentalSettings, currency: str = "NPR") -> IotHooks:
-    hooks = RentalEventHooks(settings, currency)
+def rental_iot_hooks(runtime: RentalRuntime) -> IotHooks:
+    hooks = RentalEventHooks(runtime)
     return IotHooks(returns=hooks, snapshot_returns=hooks, command_results=hooks)

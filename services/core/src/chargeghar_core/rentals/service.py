@@ -52,6 +52,8 @@ logger = structlog.get_logger(__name__)
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: codes are read out loud
 _CANDIDATE_BANKS = 5
+# Device and server clocks differ a little: a return stamped this much before the eject still counts.
+RETURN_CLOCK_SKEW = timedelta(minutes=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,11 +383,13 @@ class RentalService:
         rental = await self.rentals.open_for_bank(bank_id, lock=True)
         if rental is None:
             return None
-        if rental.started_at is not None and returned_at < rental.started_at:
-            # Reported return older than this rental's start: an earlier rental's return replayed.
+        if returned_at < rental.popup_requested_at - RETURN_CLOCK_SKEW:
+            # Clearly older than this rental: an earlier rental's return delivered late. Not this one's.
             logger.warning("rental_return_predates_start", rental_id=str(rental.id))
             return None
-        return await self._finish(rental, returned_at, place, reason=reason)
+        # Within the clock-skew allowance a device clock slightly behind ours still ends the rental.
+        ended_at = max(returned_at, rental.started_at or rental.popup_requested_at)
+        return await self._finish(rental, ended_at, place, reason=reason)
 
     async def reconcile_snapshot(
         self, station_id: uuid.UUID, serials: Sequence[str], observed_at: datetime
@@ -396,7 +400,9 @@ class RentalService:
         closed = 0
         for rental in await self.rentals.open_for_serials(serials):
             if rental.status == RentalStatus.PENDING_POPUP.value:
-                if rental.awaiting_check and observed_at > rental.popup_requested_at:
+                # Only after the eject's whole answer window: a bank can still come out inside it.
+                window = timedelta(seconds=self.settings.popup_timeout_s + self.settings.http_margin_s)
+                if rental.awaiting_check and observed_at > rental.popup_requested_at + window:
                     await self._apply_check_finding(rental, True)
                 continue
             if rental.started_at is None or observed_at <= rental.started_at:
