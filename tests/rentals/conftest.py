@@ -23,17 +23,10 @@ from rentals_support import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 
-def _services_required() -> bool:
-    return os.environ.get("CHARGEGHAR_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="session")
-def rentals_database_url(request: pytest.FixtureRequest, postgres_available: bool) -> str:
-    # Resolve the async postgres_url from a sync fixture first (see tests/core/conftest.py for why).
-    if postgres_available or _services_required():
-        request.getfixturevalue("postgres_url")
-    url: str = request.getfixturevalue("database_url")
-    return url
+def rentals_database_url(database_url: str) -> str:
+    """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
+    return database_url
 
 
 @pytest.fixture(scope="session")
