@@ -190,6 +190,32 @@ async def test_one_return_reported_over_mqtt_and_http_is_one_event(
         assert ingest.runtime.metrics.counters["returns_deduplicated_total"] == 1
 
 
+async def test_http_return_first_gets_the_battery_level_of_the_later_mqtt_report(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str
+) -> None:
+    # The harness runs without a forwarder, so the first report is still waiting in the spool.
+    async with running_ingest(mqtt_settings(tmp_path, mqtt_broker, topic_prefix)) as ingest:
+        assert ingest.runtime.transport is not None and await ingest.runtime.transport.wait_connected(10)
+        params = {"rentboxSN": STATION, "singleSN": "40818052", "hole": "3"}
+        response = await ingest.client.post(
+            "/api/rentbox/order/return", data={**params, "sign": device_sign(params)}
+        )
+        assert response.json()["code"] == 200
+        async with station_client(mqtt_broker) as station:
+            report = ReturnReport(
+                board=0x01, hole=3, area=73, sn_int=40818052, state=1, soft_version=25, soc_byte=77
+            )
+            await publish_frame(station, topic_prefix, STATION, report)
+
+            async def deduplicated() -> bool:
+                return ingest.runtime.metrics.counters["returns_deduplicated_total"] == 1
+
+            await wait_until(deduplicated)
+        returned = await ingest.event_bodies("returned", STATION)
+        assert len(returned) == 1
+        assert returned[0]["return_event"]["battery_level"] == 77
+
+
 async def test_concurrent_handlers_keep_each_stations_order(
     tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str
 ) -> None:

@@ -114,6 +114,37 @@ async def test_return_dedupe_window(tmp_path: Path) -> None:
         await spool.close()
 
 
+async def test_a_later_report_completes_a_waiting_return(tmp_path: Path) -> None:
+    """HTTP return first (no battery level), then the 0x40 frame with SOC: one event, with the SOC."""
+    spool = await open_spool(tmp_path / "s.sqlite3")
+    try:
+
+        def returned(event_id: str, battery: int | None, hardware: dict[str, Any]) -> dict[str, Any]:
+            info: dict[str, Any] = {"power_bank_serial": "40818052", "slot_number": 3}
+            info["hardware_info"] = hardware
+            if battery is not None:
+                info["battery_level"] = battery
+            return {"type": "returned", "event_id": event_id, "return_event": info}
+
+        args = {"station": "A", "power_bank_serial": "40818052", "slot_number": 3, "dedupe_window_s": 90.0}
+        http_first = returned("r1", None, {"source": "http"})
+        frame_later = returned("r2", 95, {"source": "mqtt", "soft_version": 202})
+        assert await spool.enqueue_return(http_first, observed_ts=1000.0, **args) == ("r1", False)
+        assert await spool.enqueue_return(frame_later, observed_ts=1002.0, **args) == ("r1", True)
+        [event] = await spool.pending_events()
+        assert event.event_id == "r1"
+        assert event.body["return_event"]["battery_level"] == 95
+        # What the first report said wins; only missing fields are filled in.
+        assert event.body["return_event"]["hardware_info"] == {"source": "http", "soft_version": 202}
+
+        # Once delivered, a late duplicate changes nothing and adds nothing.
+        await spool.ack([event.seq])
+        assert await spool.enqueue_return(returned("r3", 50, {}), observed_ts=1003.0, **args) == ("r1", True)
+        assert await spool.pending_events() == []
+    finally:
+        await spool.close()
+
+
 async def test_audit_rows_round_trip(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path / "s.sqlite3")
     try:

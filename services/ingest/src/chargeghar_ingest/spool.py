@@ -276,6 +276,31 @@ def _resolve_all(group: list[_PendingWrite]) -> None:
             pending.future.set_exception(value)
 
 
+def _complete_waiting_return(db: sqlite3.Connection, event_id: str, later: dict[str, Any]) -> None:
+    """Fill the fields a spooled return lacks (battery level, hardware info) from a later report of it."""
+    stored = db.execute("SELECT body FROM events WHERE event_id = ?", (event_id,)).fetchone()
+    later_info = later.get("return_event")
+    if stored is None or not isinstance(later_info, dict):
+        return  # already delivered (or not a return): nothing left to complete
+    first = json.loads(stored[0])
+    first_info = first.get("return_event")
+    if not isinstance(first_info, dict):
+        return
+    changed = False
+    if first_info.get("battery_level") is None and later_info.get("battery_level") is not None:
+        first_info["battery_level"] = later_info["battery_level"]
+        changed = True
+    later_hardware = later_info.get("hardware_info") or {}
+    first_hardware = first_info.get("hardware_info") or {}
+    missing = {key: value for key, value in later_hardware.items() if key not in first_hardware}
+    if missing:
+        first_info["hardware_info"] = {**first_hardware, **missing}
+        changed = True
+    if changed:
+        body = json.dumps(first, separators=(",", ":"))
+        db.execute("UPDATE events SET body = ? WHERE event_id = ?", (body, event_id))
+
+
 def _insert_event_row(
     db: sqlite3.Connection, event: dict[str, Any], station: str, correlation_id: str | None
 ) -> None:
@@ -388,8 +413,9 @@ class Spool:
     ) -> tuple[str, bool]:
         """Commit a return unless the same one was seen within the window.
 
-        Returns ``(event_id, duplicate)``: on a duplicate nothing is written and the first event's id is
-        returned.
+        Returns ``(event_id, duplicate)``: on a duplicate the first event's id is returned and no event is
+        added. When the first report lacked what the second carries (the HTTP return call has no battery
+        level, the 0x40 frame does) and the first is still waiting in the spool, it is completed in place.
         """
 
         def job(db: sqlite3.Connection) -> tuple[str, bool]:
@@ -406,6 +432,7 @@ class Spool:
                 ),
             ).fetchone()
             if row is not None:
+                _complete_waiting_return(db, str(row[0]), event)
                 return str(row[0]), True
             db.execute(
                 "INSERT INTO return_keys (station, power_bank_serial, slot_number, observed_ts, event_id)"
