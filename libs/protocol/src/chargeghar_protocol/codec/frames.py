@@ -63,45 +63,20 @@ def sn_from_str(sn: str) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class BoardRecord(NamedTuple):
-    """Control-board record, 6 bytes (§4.1.1)."""
+class BankMeasurements:
+    """Derived views of the bank bytes that a hole record (0x10) and a slot report (0x28) share.
 
-    address: int  # board address (0x01, 0x10, 0x1A…); "index" in Java and in JSON output
-    reserved1: int  # "undefined1"; 0xFF with reserved2 = FF marker
-    reserved2: int  # "undefined2"; area-code high byte when not 0x00/0x0B/0xFF (first board only)
-    temp: int
-    soft_version: int
-    hard_version: int
+    The raw wire bytes stay the fields (so ``decode(encode(f)) == f``); these properties give the values
+    with 0xFF read as "unavailable" (None) and the 0.1-unit charging bytes also in volts/amperes.
+    """
 
-    @property
-    def has_ff_marker(self) -> bool:
-        return self.reserved1 == FF_MARKER and self.reserved2 == FF_MARKER
+    __slots__ = ()
 
-    @property
-    def io(self) -> int | None:
-        """Java's `Pinboard.getIo()`: hex digits of the address read as decimal, // 50.
-
-        None where Java throws (addresses with hex letters such as 0x1A, §10.15).
-        """
-        digits = f"{self.address:02X}"
-        return int(digits) // 50 if digits.isdigit() else None
-
-
-class HoleRecord(NamedTuple):
-    """Hole (slot) record, 15 bytes (§4.1.2); field order is wire order."""
-
-    hole: int  # slot number printed on the cabinet; "index" in Java and in JSON output
-    state: int  # HoleState code
-    bank_current_raw: int  # byte 2, unit unknown (§11)
-    bank_voltage_raw: int  # byte 3, unit unknown (§11)
-    area: int  # area code; 16-bit when the area-code extension applies (§4.1.4)
-    sn_int: int  # unsigned big-endian uint32; 0 = no bank
-    soc_byte: int  # %, 0xFF = unavailable
-    temp_byte: int  # °C, 0xFF = unavailable
-    charge_voltage_byte: int  # 0.1 V, 0xFF = unavailable
-    charge_current_byte: int  # 0.1 A, 0xFF = unavailable
-    soft_version: int  # power-bank firmware version
-    sensor: int  # bit 7 micro switch (set = empty), bit 6 solenoid
+    sn_int: int
+    soc_byte: int
+    temp_byte: int
+    charge_voltage_byte: int
+    charge_current_byte: int
 
     @property
     def sn(self) -> str:
@@ -110,10 +85,6 @@ class HoleRecord(NamedTuple):
     @property
     def has_bank(self) -> bool:
         return self.sn_int != 0
-
-    @property
-    def bank_sn(self) -> str | None:
-        return str(self.sn_int) if self.sn_int else None
 
     @property
     def soc(self) -> int | None:
@@ -142,6 +113,57 @@ class HoleRecord(NamedTuple):
     def charge_current(self) -> float | None:
         """Charging current in amperes."""
         return _tenths(self.charge_current_byte)
+
+
+class BoardRecord(NamedTuple):
+    """Control-board record, 6 bytes (§4.1.1)."""
+
+    address: int  # board address (0x01, 0x10, 0x1A…); "index" in Java and in JSON output
+    reserved1: int  # "undefined1"; 0xFF with reserved2 = FF marker
+    reserved2: int  # "undefined2"; area-code high byte when not 0x00/0x0B/0xFF (first board only)
+    temp: int
+    soft_version: int
+    hard_version: int
+
+    @property
+    def has_ff_marker(self) -> bool:
+        return self.reserved1 == FF_MARKER and self.reserved2 == FF_MARKER
+
+    @property
+    def io(self) -> int | None:
+        """Java's `Pinboard.getIo()`: hex digits of the address read as decimal, // 50.
+
+        None where Java throws (addresses with hex letters such as 0x1A, §10.15).
+        """
+        digits = f"{self.address:02X}"
+        return int(digits) // 50 if digits.isdigit() else None
+
+
+class _HoleFields(NamedTuple):
+    """The 15 bytes of a hole record (§4.1.2), in wire order."""
+
+    hole: int  # slot number printed on the cabinet; "index" in Java and in JSON output
+    state: int  # HoleState code
+    bank_current_raw: int  # byte 2, unit unknown (§11)
+    bank_voltage_raw: int  # byte 3, unit unknown (§11)
+    area: int  # area code; 16-bit when the area-code extension applies (§4.1.4)
+    sn_int: int  # unsigned big-endian uint32; 0 = no bank
+    soc_byte: int  # %, 0xFF = unavailable
+    temp_byte: int  # °C, 0xFF = unavailable
+    charge_voltage_byte: int  # 0.1 V, 0xFF = unavailable
+    charge_current_byte: int  # 0.1 A, 0xFF = unavailable
+    soft_version: int  # power-bank firmware version
+    sensor: int  # bit 7 micro switch (set = empty), bit 6 solenoid
+
+
+class HoleRecord(_HoleFields, BankMeasurements):
+    """Hole (slot) record, 15 bytes (§4.1.2); field order is wire order."""
+
+    __slots__ = ()
+
+    @property
+    def bank_sn(self) -> str | None:
+        return str(self.sn_int) if self.sn_int else None
 
     @property
     def micro_switch(self) -> bool:
@@ -299,7 +321,7 @@ class ReturnReport:
 
 
 @dataclass(frozen=True, slots=True)
-class SlotStateReport:
+class SlotStateReport(BankMeasurements):
     """cmd 0x28 "return-fix" / slot self-test, 21 bytes (§4.8)."""
 
     cmd: ClassVar[int] = Command.SLOT_STATE_REPORT
@@ -317,38 +339,6 @@ class SlotStateReport:
     soft_version: int
     hard_version: int
     checksum_valid: bool = True
-
-    @property
-    def sn(self) -> str:
-        return str(self.sn_int)
-
-    @property
-    def has_bank(self) -> bool:
-        return self.sn_int != 0
-
-    @property
-    def soc(self) -> int | None:
-        return _measured(self.soc_byte)
-
-    @property
-    def temp(self) -> int | None:
-        return _measured(self.temp_byte)
-
-    @property
-    def charge_voltage_raw(self) -> int | None:
-        return _measured(self.charge_voltage_byte)
-
-    @property
-    def charge_current_raw(self) -> int | None:
-        return _measured(self.charge_current_byte)
-
-    @property
-    def charge_voltage(self) -> float | None:
-        return _tenths(self.charge_voltage_byte)
-
-    @property
-    def charge_current(self) -> float | None:
-        return _tenths(self.charge_current_byte)
 
     @property
     def succeeded(self) -> bool:
