@@ -2,21 +2,18 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# uv is the only tool needed up front; it is installed from PyPI when missing.
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# uv is the only tool needed up front. scripts/uv finds it, or installs it into .tools/ (never into the
+# system Python, so PEP 668 "externally managed" Pythons work), and picks one Python 3.11+ for .venv.
+UV := scripts/uv
 PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: uv
-uv:
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-
 .PHONY: install
-install: uv ## Create .venv and install every workspace package from uv.lock
-	$(UV) sync --all-packages --frozen
+install: ## Create .venv and install every workspace package from uv.lock
+	@$(UV) sync --all-packages --frozen
 
 .PHONY: dev
 dev: install ## Run the whole system locally: embedded broker, core (SQLite), ingest, 10 simulated stations
