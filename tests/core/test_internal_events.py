@@ -425,18 +425,18 @@ async def test_batch_with_several_events_of_one_station_applies_them_in_order(
     first_bank, second_bank = new_bank_serial(), new_bank_serial()
     events = [
         {
-            **full_event(imei, {1: first_bank, 2: None}, observed_at="2030-01-01T00:00:10Z"),
+            **full_event(imei, {1: first_bank, 2: None}, observed_at="2025-01-01T00:00:10Z"),
             "event_id": f"{imei}-a",
         },
         # Observed before the first: recorded as stale, not applied.
-        {**full_event(imei, {1: None, 2: None}, observed_at="2030-01-01T00:00:05Z"), "event_id": f"{imei}-b"},
+        {**full_event(imei, {1: None, 2: None}, observed_at="2025-01-01T00:00:05Z"), "event_id": f"{imei}-b"},
         {
             **full_event(
-                imei, {1: None, 2: second_bank}, observed_at="2030-01-01T00:00:20Z", status="OFFLINE"
+                imei, {1: None, 2: second_bank}, observed_at="2025-01-01T00:00:20Z", status="OFFLINE"
             ),
             "event_id": f"{imei}-c",
         },
-        {**full_event(imei, {1: None, 2: None}, observed_at="2030-01-01T00:00:30Z"), "event_id": f"{imei}-a"},
+        {**full_event(imei, {1: None, 2: None}, observed_at="2025-01-01T00:00:30Z"), "event_id": f"{imei}-a"},
     ]
     response = await client.post_signed(INTERNAL_BATCH, {"events": events})
     assert response.status_code == 200, response.text

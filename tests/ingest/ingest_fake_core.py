@@ -59,6 +59,12 @@ class FakeCore:
     scripted_item_statuses: dict[str, int] = field(default_factory=dict)
     # Seconds to sleep before answering data requests (timeouts).
     delay_s: float = 0.0
+    # Events core fails with a 500 every time (a poison event), alone or as their item of a batch.
+    poison_event_ids: set[str] = field(default_factory=set)
+    # A core without per-event isolation: a batch carrying a poison event fails as a whole (500).
+    poison_fails_whole_batch: bool = False
+    # While set, every data request is answered with this status (core broken or down for everything).
+    fail_everything_with: int | None = None
     base_url: str = ""
     seen_event_ids: set[str] = field(default_factory=set)
 
@@ -93,6 +99,8 @@ class FakeCore:
             if refusal is not None:
                 return refusal
             event = json.loads(await request.body())
+            if str(event.get("event_id")) in self.poison_event_ids:
+                return JSONResponse({"success": False, "message": "poison", "error": "SYNC_ERROR"}, 500)
             self._accept(event)
             return JSONResponse({"success": True, "message": "ok", "data": {"duplicate": False}})
 
@@ -102,6 +110,10 @@ class FakeCore:
             if refusal is not None:
                 return refusal
             events = json.loads(await request.body())["events"]
+            if self.poison_fails_whole_batch and any(
+                str(e.get("event_id")) in self.poison_event_ids for e in events
+            ):
+                return JSONResponse({"success": False, "message": "poison", "error": "SYNC_ERROR"}, 500)
             results = []
             # Like core: after a retryable (5xx) failure of a station's event, that station's later
             # events in the batch are not attempted (503), so they cannot overtake the failed one.
@@ -110,6 +122,8 @@ class FakeCore:
                 station = str(event.get("device", {}).get("imei"))
                 if station in held_back:
                     status = 503
+                elif str(event.get("event_id")) in self.poison_event_ids:
+                    status = 500
                 else:
                     status = self.scripted_item_statuses.pop(str(event.get("event_id")), 200)
                 if status >= 500:
@@ -167,6 +181,9 @@ class FakeCore:
             return JSONResponse(
                 {"success": False, "message": exc.message, "error": exc.code}, exc.http_status
             )
+        if self.fail_everything_with is not None:
+            status = self.fail_everything_with
+            return JSONResponse({"success": False, "message": "down", "error": "SCRIPTED"}, status)
         if self.scripted_statuses:
             status = self.scripted_statuses.popleft()
             return JSONResponse({"success": False, "message": "scripted", "error": "SCRIPTED"}, status)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,12 +18,19 @@ from chargeghar_core.auth.tokens import TokenService
 from chargeghar_core.iot.endpoints import router as iot_router
 from chargeghar_core.iot.hooks import IotHooks
 from chargeghar_core.iot.recorder import FailureRecorder
+from chargeghar_core.iot.retention import RetentionJob
 from chargeghar_core.iot.security import InternalGate
 from chargeghar_core.kit.db import create_engine, create_sessionmaker
 from chargeghar_core.kit.errors import install_error_handlers
+from chargeghar_core.kit.guard import RequestGuardMiddleware
 from chargeghar_core.kit.logging import CorrelationIdMiddleware, configure_logging
 from chargeghar_core.kit.migrate import ensure_sqlite_directory, upgrade_database
-from chargeghar_core.kit.ratelimit import InProcessRateLimiter, RateLimiter, RedisRateLimiter
+from chargeghar_core.kit.ratelimit import (
+    FallbackRateLimiter,
+    InProcessRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
 from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
 from chargeghar_core.powerbanks.service import ModelCatalog
 from chargeghar_core.rentals.wiring import install_rentals
@@ -43,12 +52,26 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
         engine = create_engine(settings.db)
         if settings.auto_migrate:
             await upgrade_database(engine, settings.db)
-        redis = Redis.from_url(settings.redis.url) if settings.redis.url else None
+        redis = (
+            Redis.from_url(
+                settings.redis.url,
+                # Short: every Redis call on a request path has a fallback or a typed 503, and a frozen
+                # Redis must not hold requests for the default (unbounded) read time.
+                socket_timeout=settings.redis.socket_timeout_s,
+                socket_connect_timeout=settings.redis.socket_timeout_s,
+            )
+            if settings.redis.url
+            else None
+        )
         # One pooled client for calls to the ingest's command API (contract.md §3).
         http_client = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=3.0))
-        limiter: RateLimiter = (
-            RedisRateLimiter(redis, settings.redis.prefix) if redis is not None else InProcessRateLimiter()
-        )
+        limiter: RateLimiter = InProcessRateLimiter()
+        if redis is not None:
+            limiter = FallbackRateLimiter(
+                RedisRateLimiter(redis, settings.redis.prefix),
+                limiter,
+                retry_after_s=settings.redis.outage_retry_s,
+            )
         sessionmaker = create_sessionmaker(engine)
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
@@ -56,10 +79,21 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
         app.state.http_client = http_client
         app.state.internal_gate = InternalGate(settings, limiter)
         app.state.failure_recorder = FailureRecorder(sessionmaker)
+        retention_task = (
+            asyncio.create_task(
+                RetentionJob(sessionmaker, settings.retention).run_forever(), name="retention"
+            )
+            if settings.retention.enabled
+            else None
+        )
         logger.info("core_started", environment=settings.environment, database=engine.dialect.name)
         try:
             yield
         finally:
+            if retention_task is not None:
+                retention_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention_task
             await http_client.aclose()
             if redis is not None:
                 await redis.aclose()
@@ -80,6 +114,13 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.state.iot_hooks = hooks or IotHooks()
     app.state.model_catalog = ModelCatalog()
     install_error_handlers(app)
+    # NUL / surrogates / deep JSON refused with a 400 before any endpoint. The internal endpoints check
+    # their bodies themselves, after the signature over the raw bytes (contract.md §2 order).
+    app.add_middleware(
+        RequestGuardMiddleware,
+        skip_body_prefixes=("/api/internal/",),
+        max_body_bytes=settings.max_body_bytes,
+    )
     app.add_middleware(CorrelationIdMiddleware)
     app.include_router(health.router)
     app.include_router(auth_router)

@@ -4,6 +4,9 @@
 - ``chargeghar create-service-account --email E [--password P]`` (the ingest's login)
 - ``chargeghar core-migrate [--revision head]``
 - ``chargeghar core-serve [--host H] [--port N] [--workers N] [--migrate]``
+- ``chargeghar bootstrap-accounts [--migrate]``: the deployment's one-shot job; creates the admin and the
+  ingest's service account from ``CHARGEGHAR_ADMIN_EMAIL`` / ``CHARGEGHAR_ADMIN_PASSWORD`` and
+  ``CHARGEGHAR_SERVICE_EMAIL`` / ``CHARGEGHAR_SERVICE_PASSWORD``; safe to run again
 
 Without ``--password`` the password is read from ``CHARGEGHAR_PASSWORD`` or prompted for.
 """
@@ -15,9 +18,12 @@ import asyncio
 import getpass
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargeghar_core.auth.models import Role
+
+if TYPE_CHECKING:
+    from chargeghar_core.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -37,6 +43,15 @@ def register(subparsers: Any) -> None:
     migrate = subparsers.add_parser("core-migrate", help="Migrate core's database (alembic upgrade)")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(func=_migrate)
+
+    bootstrap = subparsers.add_parser(
+        "bootstrap-accounts",
+        help="Create the admin and the ingest's service account from the environment (idempotent)",
+    )
+    bootstrap.add_argument(
+        "--migrate", action="store_true", help="Migrate first (the job may start before core has)"
+    )
+    bootstrap.set_defaults(func=_bootstrap_accounts)
 
     serve = subparsers.add_parser("core-serve", help="Run the core API under uvicorn")
     from chargeghar_core.__main__ import add_serve_arguments
@@ -78,6 +93,69 @@ def _create_account(args: argparse.Namespace, role: Role) -> int:
         return 1
     print(f"created {role.value} account {args.email} ({user_id})")
     return 0
+
+
+# Values of the shipped env examples; an account must never be created with one of them.
+_PLACEHOLDER_WORDS = ("replace", "placeholder", "example", "changeme", "change-me")
+
+
+def _bootstrap_accounts(args: argparse.Namespace) -> int:
+    from chargeghar_core.settings import get_settings
+
+    settings = get_settings()
+    wanted: list[tuple[Role, str, str]] = []
+    for role, prefix in ((Role.ADMIN, "CHARGEGHAR_ADMIN"), (Role.SERVICE, "CHARGEGHAR_SERVICE")):
+        email = os.environ.get(f"{prefix}_EMAIL", "").strip()
+        password = os.environ.get(f"{prefix}_PASSWORD", "")
+        if not email or not password:
+            print(f"{prefix}_EMAIL and {prefix}_PASSWORD must be set", file=sys.stderr)
+            return 2
+        if len(password) < 12 or any(word in password.lower() for word in _PLACEHOLDER_WORDS):
+            print(f"{prefix}_PASSWORD is a placeholder or shorter than 12 characters", file=sys.stderr)
+            return 2
+        wanted.append((role, email, password))
+    if args.migrate:
+        from chargeghar_core.__main__ import run_migrations
+
+        run_migrations(argparse.Namespace(revision="head"))
+    try:
+        asyncio.run(_ensure_accounts(settings, wanted))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _ensure_accounts(settings: Settings, wanted: list[tuple[Role, str, str]]) -> None:
+    from chargeghar_core.auth.repository import UserRepository
+    from chargeghar_core.auth.service import AuthService
+    from chargeghar_core.auth.tokens import TokenService, hash_password, verify_password
+    from chargeghar_core.kit.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.db)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            users = UserRepository(session)
+            service = AuthService(users, TokenService(settings.jwt))
+            for role, email, password in wanted:
+                existing = await users.get_by_email(email.lower())
+                if existing is None:
+                    full_name = "ingest service" if role is Role.SERVICE else "administrator"
+                    await service.create_user(email=email, password=password, role=role, full_name=full_name)
+                    print(f"created {role.value} account {email}")
+                    continue
+                if existing.role_enum is not role:
+                    # Never promote or demote someone else's account behind the operator's back.
+                    raise ValueError(f"{email} exists with role {existing.role}, not {role.value}")
+                if role is Role.SERVICE and not await verify_password(existing.password_hash, password):
+                    # The ingest logs in with the same variable: a rotated secret must reach the account.
+                    existing.password_hash = hash_password(password)
+                    print(f"updated the password of {role.value} account {email}")
+                else:
+                    print(f"{role.value} account {email} exists already")
+            await session.commit()
+    finally:
+        await engine.dispose()
 
 
 def _migrate(args: argparse.Namespace) -> int:

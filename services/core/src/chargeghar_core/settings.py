@@ -48,6 +48,12 @@ class DatabaseSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str | None = Field(default=None, description="redis://host:port/db; unset = in-process fallbacks")
     prefix: str = Field(default="chargeghar:core:", description="Prefix of every key core writes")
+    socket_timeout_s: float = Field(
+        default=0.5, gt=0, description="Connect/read timeout of a Redis call; core falls back after it"
+    )
+    outage_retry_s: float = Field(
+        default=5.0, ge=0, description="After a Redis failure, use the in-process fallback this long"
+    )
 
 
 class JwtSettings(BaseModel):
@@ -85,6 +91,9 @@ class InternalSettings(BaseModel):
     trust_forwarded_for: bool = Field(
         default=False, description="Take the caller IP from X-Forwarded-For (behind a trusted proxy only)"
     )
+    max_future_skew_s: int = Field(
+        default=300, ge=0, description="An event observed_at further in the future is refused (400)"
+    )
 
     @field_validator("allowed_cidrs", mode="before")
     @classmethod
@@ -97,6 +106,18 @@ class InternalSettings(BaseModel):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+
+class RetentionSettings(BaseModel):
+    enabled: bool = Field(default=True, description="Run the pruning job in the lifespan")
+    sync_log_days: int = Field(default=30, ge=1, description="Sync-log rows older than this are deleted")
+    processed_event_days: int = Field(
+        default=30,
+        ge=1,
+        description="Idempotency keys older than this are deleted; keep it longer than any sender retries",
+    )
+    interval_s: float = Field(default=3600.0, gt=0, description="Seconds between two pruning rounds")
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="Rows deleted per statement")
 
 
 class Settings(BaseSettings):
@@ -114,12 +135,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="JSON logs; default: on in production only")
     docs_enabled: bool = True
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest JSON/form body of the public API (not /api/internal)",
+    )
 
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     hmac: HmacSettings = Field(default_factory=HmacSettings)
     internal: InternalSettings = Field(default_factory=InternalSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @property
     def auto_migrate(self) -> bool:
@@ -133,12 +160,22 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name, secret in (("CORE_JWT__SECRET", self.jwt.secret), ("CORE_HMAC__SECRET", self.hmac.secret)):
+        # Words the shipped examples use ("replace-with-32+-random-characters" is long enough, so the
+        # length check alone lets it through); a real random secret contains none of them.
+        placeholder_words = ("replace", "placeholder", "example", "changeme", "change-me", "dev-secret")
+        secrets = [("CORE_JWT__SECRET", self.jwt.secret), ("CORE_HMAC__SECRET", self.hmac.secret)]
+        secrets += [("CORE_HMAC__PREVIOUS_SECRETS", old) for old in self.hmac.previous_secrets]
+        for name, secret in secrets:
             value = secret.get_secret_value()
-            if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_PRODUCTION_SECRET_LENGTH:
+            lowered = value.strip().lower()
+            if (
+                lowered in PLACEHOLDER_SECRETS
+                or any(word in lowered for word in placeholder_words)
+                or len(value) < MIN_PRODUCTION_SECRET_LENGTH
+            ):
                 raise ValueError(
                     f"{name} must be set to a real secret (at least {MIN_PRODUCTION_SECRET_LENGTH} "
-                    "characters) in production"
+                    "characters, not a placeholder) in production"
                 )
         return self
 

@@ -58,6 +58,30 @@ async def presence_sweeper(runtime: IngestRuntime) -> None:
         await runtime.recorder.sweep(presence.offline_after_s)
 
 
+async def prune_once(runtime: IngestRuntime, *, now: float | None = None) -> dict[str, int]:
+    """One retention pass: dead letters, parked events and command audit rows older than their settings."""
+    spool_settings = runtime.settings.spool
+    current = time.time() if now is None else now
+    day = 86400.0
+    removed = await runtime.spool.prune(
+        dead_letters_before=current - spool_settings.dead_letter_retention_days * day,
+        parked_before=current - spool_settings.parked_retention_days * day,
+        audit_before=current - spool_settings.command_audit_retention_days * day,
+    )
+    total = sum(removed.values())
+    if total:
+        runtime.metrics.inc("retention_pruned_total", total)
+        log.info("retention.pruned", **removed)
+    return removed
+
+
+async def retention_loop(runtime: IngestRuntime) -> None:
+    # First pass at start: a replica restarted after a long time frees its disk at once.
+    while True:
+        await prune_once(runtime)
+        await asyncio.sleep(runtime.settings.spool.retention_interval_s)
+
+
 def build_runtime(settings: IngestSettings) -> IngestRuntime:
     """Wire the parts together (nothing is connected or opened yet; the lifespan does that)."""
     replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -66,6 +90,7 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
         settings.spool.path,
         synchronous=settings.spool.synchronous,
         max_jobs_per_commit=settings.spool.max_jobs_per_commit,
+        dead_letter_raw_max_bytes=settings.spool.dead_letter_raw_max_bytes,
     )
     redis: Redis | None = None
     presence: PresenceStore
@@ -201,6 +226,7 @@ async def run_runtime(runtime: IngestRuntime) -> AsyncIterator[IngestRuntime]:
         if runtime.settings.forwarder_enabled:
             start("forwarder", runtime.forwarder.run)
         start("presence_sweeper", lambda: presence_sweeper(runtime))
+        start("retention", lambda: retention_loop(runtime))
         log.info("ingest.started", replica=runtime.replica, pending=await runtime.spool.pending_count())
         yield runtime
     finally:

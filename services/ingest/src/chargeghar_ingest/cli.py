@@ -26,7 +26,18 @@ def register(subparsers: Any) -> None:
 
     dead = subparsers.add_parser("ingest-dead-letters", help="list the newest dead-letter rows of the spool")
     dead.add_argument("--limit", type=int, default=20)
+    dead.add_argument("--reason", help="only this reason, e.g. parked")
+    dead.add_argument("--station", help="only this station")
     dead.set_defaults(func=_dead_letters)
+
+    redrive = subparsers.add_parser(
+        "ingest-redrive",
+        help="put parked (or refused) events back into the spool at their original place, attempts reset",
+    )
+    redrive.add_argument("--id", type=int, action="append", default=[], dest="ids", help="dead-letter id")
+    redrive.add_argument("--station", help="every parked event of this station")
+    redrive.add_argument("--all-parked", action="store_true", help="every parked event")
+    redrive.set_defaults(func=_redrive)
 
     # The station simulator registers its own subcommands when that package is present.
     if (
@@ -64,7 +75,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
         spool = Spool(IngestSettings().spool.path)
         await spool.open()
         try:
-            for row in await spool.dead_letters(limit=args.limit):
+            for row in await spool.dead_letters(limit=args.limit, reason=args.reason, station=args.station):
                 print(
                     json.dumps(
                         {
@@ -73,6 +84,9 @@ def _dead_letters(args: argparse.Namespace) -> int:
                             "station": row.station,
                             "reason": row.reason,
                             "detail": row.detail,
+                            "event_id": row.event_id,
+                            "raw_len": row.raw_len,
+                            "raw_sha256": row.raw_sha256,
                             "raw_hex": row.raw_hex,
                         }
                     )
@@ -82,3 +96,39 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     asyncio.run(show())
     return 0
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    """Works on the spool file directly, also while the ingest runs (SQLite WAL; the forwarder sees the
+    events at its next poll)."""
+    from chargeghar_ingest.ops_api import record_redrive
+    from chargeghar_ingest.settings import IngestSettings
+    from chargeghar_ingest.spool import Spool
+
+    if not args.ids and args.station is None and not args.all_parked:
+        print("name --id, --station or --all-parked")
+        return 2
+
+    async def move() -> int:
+        spool = Spool(IngestSettings().spool.path)
+        await spool.open()
+        try:
+            moved = await spool.redrive(ids=args.ids, station=args.station, all_parked=args.all_parked)
+        finally:
+            await spool.close()
+        record_redrive(None, moved, by="cli")
+        for event in moved:
+            print(
+                json.dumps(
+                    {
+                        "dead_letter_id": event.dead_letter_id,
+                        "event_id": event.event_id,
+                        "station": event.station,
+                        "seq": event.seq,
+                    }
+                )
+            )
+        print(json.dumps({"redriven": len(moved)}))
+        return 0
+
+    return asyncio.run(move())

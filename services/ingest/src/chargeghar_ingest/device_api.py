@@ -2,12 +2,22 @@
 
 Each handler validates the parameters, checks the device MD5 sign, commits the resulting event to the
 spool and answers — core is never on this path (the legacy bridge made stations wait up to 81 s for it,
-protocol.md §10.1). A rejected request gets a 4xx ``code`` with the reason and is kept, raw, in the
-dead-letter table.
+protocol.md §10.1). A rejected request gets a 4xx ``code`` with the reason and is kept in the dead-letter
+table (a capped prefix of its raw bytes, their length and sha256).
+
+Device input is screened before it can become an event (anyone can compute the device sign):
+
+- a body above ``device.max_body_bytes`` → 413, refused from its Content-Length or after reading just
+  past the limit (never buffered whole);
+- identity fields (``uuid``, ``rentboxSN``) must be plausible station ids (ASCII letters/digits, ≤ 32),
+  else 400 ``implausible_id``: a wrong identity would file the event under another station;
+- informational fields (``ssid``, ``signal``, ``hardware``, ``software``) are cleaned after the sign check
+  (the sign covers what the device sent): control characters removed, cut to a length cap.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,7 +34,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from chargeghar_ingest.credentials import check_credentials, derive_credentials
-from chargeghar_ingest.pipeline import utc_now
+from chargeghar_ingest.logs import hex_prefix
+from chargeghar_ingest.pipeline import clean_device_text, plausible_station_id, utc_now
 from chargeghar_ingest.runtime import IngestRuntime
 
 log = structlog.get_logger(__name__)
@@ -69,6 +80,14 @@ UPLOAD_KNOWN = frozenset(
     }
 )
 RETURN_KNOWN = frozenset({"rentboxSN", "singleSN", "hole", "sign"})
+# Parameters that name the station: refused unless plausible (see plausible_station_id).
+IDENTITY_PARAMS = ("uuid", "rentboxSN")
+# Informational parameters that reach an event or a log line: cleaned and cut to these lengths. An SSID
+# is at most 32 bytes (802.11); "CSQ:31" style signals and version strings are short.
+INFORMATIONAL_CAPS = {"ssid": 64, "signal": 32, "hardware": 64, "software": 64}
+# What a refusal echoes of the request (envelope message, log line, dead-letter detail).
+MESSAGE_MAX_CHARS = 300
+QUERY_ECHO_MAX_CHARS = 1024
 CONFIG_KNOWN = frozenset(
     {
         "rentboxSN",
@@ -88,6 +107,7 @@ class DeviceRequestError(Exception):
     """A device call we refuse; ``code`` is both the HTTP status and the envelope's ``code``."""
 
     def __init__(self, code: int, reason: str, message: str) -> None:
+        message = message[:MESSAGE_MAX_CHARS]  # names of unknown parameters come from the caller
         super().__init__(message)
         self.code = code
         self.reason = reason
@@ -102,6 +122,8 @@ class DeviceCall:
     params: dict[str, str]
     body: bytes
     station: str | None = None
+    # Set when the body was above the limit: its length (declared, or at least what was read).
+    oversized_len: int | None = None
 
 
 def envelope(data: Any = None, *, code: int = 200, message: str = "ok") -> Response:
@@ -109,11 +131,30 @@ def envelope(data: Any = None, *, code: int = 200, message: str = "ok") -> Respo
     return Response(content=body, status_code=code, media_type="application/json")
 
 
+async def read_limited_body(request: Request, limit: int) -> tuple[bytes, int | None]:
+    """``(body, None)``, or ``(prefix, length)`` when the body is larger than ``limit`` bytes.
+
+    A declared Content-Length above the limit is refused without reading; otherwise the stream is counted
+    and reading stops just past the limit (the server then closes the connection), so a 10 MB body costs
+    at most ``limit`` bytes of memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return b"", int(declared)
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > limit:
+            length = max(int(declared), len(received)) if declared.isdigit() else len(received)
+            return bytes(received[:limit]), length
+    return bytes(received), None
+
+
 async def read_call(request: Request, *, body_is_frame: bool, station_param: str) -> DeviceCall:
     """Parameters from the query string, plus form fields from the body (devices use either)."""
-    body = await request.body()
+    limit = runtime_of(request).settings.device.max_body_bytes
+    body, oversized_len = await read_limited_body(request, limit)
     params: dict[str, str] = dict(request.query_params)
-    if not body_is_frame and body:
+    if not body_is_frame and body and oversized_len is None:
         # Form-encoded or the MCU's "text/plain" k=v body; a body that is not k=v text is ignored.
         try:
             text = body.decode("ascii")
@@ -128,7 +169,38 @@ async def read_call(request: Request, *, body_is_frame: bool, station_param: str
         params=params,
         body=body,
         station=params.get(station_param) or None,
+        oversized_len=oversized_len,
     )
+
+
+def screen(call: DeviceCall, known: frozenset[str], runtime: IngestRuntime) -> None:
+    """The checks before anything else: body size, parameter names, plausible identity fields."""
+    if call.oversized_len is not None:
+        runtime.metrics.inc("http_device_too_large_total")
+        limit = runtime.settings.device.max_body_bytes
+        raise DeviceRequestError(413, "body_too_large", f"body larger than {limit} bytes")
+    refuse_unknown(call, known)
+    for name in IDENTITY_PARAMS:
+        value = call.params.get(name)
+        if value and not plausible_station_id(value):
+            raise DeviceRequestError(400, "implausible_id", f"{name} must be 1-32 ASCII letters or digits")
+
+
+def informational(runtime: IngestRuntime, call: DeviceCall, name: str) -> str | None:
+    """A cleaned informational parameter (control characters removed, cut to its cap); logged if changed."""
+    raw = call.params.get(name)
+    cleaned, changed = clean_device_text(raw, INFORMATIONAL_CAPS[name])
+    if changed and raw is not None:
+        runtime.metrics.inc("device_strings_cleaned_total")
+        log.warning(
+            "device.param_cleaned",
+            path=call.path,
+            station_id=call.station,
+            param=name,
+            length=len(raw),
+            value_hex=hex_prefix(raw.encode("utf-8", "surrogateescape")),
+        )
+    return cleaned
 
 
 def require(call: DeviceCall, names: Iterable[str]) -> None:
@@ -171,25 +243,31 @@ async def check_sign(
 
 
 async def reject(runtime: IngestRuntime, call: DeviceCall, error: DeviceRequestError) -> Response:
-    raw = call.body or call.query.encode()
+    # The body is the evidence (only its prefix when it was too large); else the query that carried it.
+    raw = call.body if call.oversized_len is not None else call.body or call.query.encode()
+    # An implausible identity is evidence, not a station: it goes to the log and detail, not the column.
+    station = call.station if plausible_station_id(call.station) else None
+    query = call.query[:QUERY_ECHO_MAX_CHARS]
     log.warning(
         "device.request_rejected",
         path=call.path,
         method=call.method,
-        station_id=call.station,
+        station_id=station,
         reason=error.reason,
         message=error.message,
-        query=call.query,
-        body_hex=call.body.hex(),
+        query=query,
+        body_len=call.oversized_len if call.oversized_len is not None else len(call.body),
+        body_hex=hex_prefix(call.body),
     )
     await runtime.spool.add_dead_letter(
         source="http",
         reason=error.reason,
-        station=call.station,
+        station=station,
         detail=json.dumps(
-            {"path": call.path, "method": call.method, "query": call.query, "message": error.message}
+            {"path": call.path, "method": call.method, "query": query, "message": error.message}
         ),
         raw=raw,
+        raw_len=call.oversized_len,
     )
     runtime.metrics.inc("dead_letters_total")
     runtime.metrics.inc("http_device_rejected_total")
@@ -215,7 +293,7 @@ async def connect(request: Request) -> Response:
     runtime = runtime_of(request)
     call = await read_call(request, body_is_frame=False, station_param="uuid")
     try:
-        refuse_unknown(call, CONNECT_KNOWN)
+        screen(call, CONNECT_KNOWN, runtime)
         require(call, ["uuid", "sign"])
         # The legacy bean always signs all four fields (missing text → "", deviceId → 0).
         bean = {
@@ -252,8 +330,8 @@ async def connect(request: Request) -> Response:
     log.info(
         "device.connect",
         station_id=imei,
-        hardware=call.params.get("hardware"),
-        software=call.params.get("software"),
+        hardware=informational(runtime, call, "hardware"),
+        software=informational(runtime, call, "software"),
     )
     return envelope(data)
 
@@ -266,13 +344,21 @@ class BrokerAuthRequest(BaseModel):
 
 @router.post("/api/emqx/auth")
 async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, str]:
-    """EMQX HTTP authentication: allow a station that presents its derived credentials.
+    """EMQX HTTP authentication: allow a station that presents its derived credentials, and the ingest
+    itself with its own ``INGEST_MQTT__USERNAME`` / ``INGEST_MQTT__PASSWORD``.
 
-    Usernames without the device prefix answer ``ignore`` so EMQX falls through to its next
-    authenticator (the ingest's own and operator accounts live there).
+    Other usernames answer ``ignore`` so EMQX falls through to its next authenticator (operator
+    accounts, when the deployment adds one); with none, EMQX refuses them.
     """
     runtime = runtime_of(request)
     device = runtime.settings.device
+    mqtt = runtime.settings.mqtt
+    if mqtt.username and mqtt.password is not None and body.username == mqtt.username:
+        # The ingest's login must not depend on a second EMQX user store being seeded by hand.
+        own = hmac.compare_digest(body.password.encode(), mqtt.password.get_secret_value().encode())
+        if not own:
+            log.warning("broker_auth.denied", client_id=body.clientid, username=body.username)
+        return {"result": "allow" if own else "deny"}
     if not body.username.startswith(device.mqtt_username_prefix):
         return {"result": "ignore"}
     allowed = check_credentials(
@@ -298,7 +384,7 @@ async def upload(request: Request) -> Response:
     call = await read_call(request, body_is_frame=True, station_param="rentboxSN")
     station = call.station
     try:
-        refuse_unknown(call, UPLOAD_KNOWN)
+        screen(call, UPLOAD_KNOWN, runtime)
         require(call, ["rentboxSN"])
         sent = {k: v for k, v in call.params.items() if k != "sign"}
         # Legacy variants (protocol.md §10.13): only {rentboxSN, signal} (VOL), signal defaulted to "0".
@@ -310,7 +396,7 @@ async def upload(request: Request) -> Response:
             raise DeviceRequestError(400, "bad_frame", f"bad frame: {exc}") from exc
         except Exception as exc:
             # A decoder defect: refuse like a bad frame (the raw body is kept) rather than a bare 500.
-            log.exception("device.decoder_failed", body_hex=call.body.hex())
+            log.exception("device.decoder_failed", body_hex=hex_prefix(call.body))
             raise DeviceRequestError(400, "decoder_error", "frame could not be decoded") from exc
         if not frame.checksum_valid and not runtime.settings.device.accept_bad_checksum:
             raise DeviceRequestError(400, "bad_frame", "bad frame: checksum mismatch")
@@ -323,13 +409,13 @@ async def upload(request: Request) -> Response:
     with structlog.contextvars.bound_contextvars(station_id=station, path=call.path):
         if frame.unconsumed_bytes:
             log.warning(
-                "device.upload_unconsumed_bytes", count=frame.unconsumed_bytes, body_hex=call.body.hex()
+                "device.upload_unconsumed_bytes", count=frame.unconsumed_bytes, body_hex=hex_prefix(call.body)
             )
         event = snapshot_to_full_event(
             frame,
             imei=station,
-            signal=call.params.get("signal"),
-            wifi_ssid=call.params.get("ssid"),
+            signal=informational(runtime, call, "signal"),
+            wifi_ssid=informational(runtime, call, "ssid"),
             received_at=received_at,
         )
         await runtime.recorder.seen(station, observed_at=received_at)
@@ -349,7 +435,7 @@ async def order_return(request: Request) -> Response:
     call = await read_call(request, body_is_frame=False, station_param="rentboxSN")
     station = call.station
     try:
-        refuse_unknown(call, RETURN_KNOWN)
+        screen(call, RETURN_KNOWN, runtime)
         require(call, ["rentboxSN", "singleSN", "hole"])
         single_sn = call.params["singleSN"]
         hole_text = call.params["hole"]
@@ -392,7 +478,7 @@ async def config_data(request: Request) -> Response:
     call = await read_call(request, body_is_frame=False, station_param="rentboxSN")
     station = call.station
     try:
-        refuse_unknown(call, CONFIG_KNOWN)
+        screen(call, CONFIG_KNOWN, runtime)
         # Legacy stations call this without parameters; a station that identifies itself must sign.
         if call.params:
             require(call, ["rentboxSN"])

@@ -6,6 +6,18 @@ Nothing leaves the spool until core answers 2xx for it. Failure handling per ans
 - 403 and client errors that can never succeed (400, 404, 409, 410, 413, 422) → dead-letter + alert log;
 - 5xx, 408, 429, timeouts, refused connections → retry later, exponential backoff with jitter.
 
+No station is ever frozen by one event (poison isolation):
+
+- a *strike* is an answer in which core itself failed this very event (a 5xx other than 502/503/504, for
+  the event alone or for its item of a batch) while core accepted other events in the same answer or since
+  the event's previous try. After ``core.max_attempts`` strikes the event is *parked*: moved to the
+  dead-letter table (reason ``parked``), counted, alerted, re-drivable (``chargeghar ingest-redrive``,
+  ``POST /internal/ops/redrive``); the station's later events flow again. Refused connections, timeouts,
+  401/408/429, 502/503/504 (a proxy or a dependency down, or ``PRECEDING_EVENT_FAILED``) and answers while
+  core accepts nothing at all never strike, so an outage of core parks nothing;
+- a batch answered 5xx as a whole is resent event by event at once, so the one bad event is found and the
+  others are applied (given up after three failures without one success: then core is down, not an event).
+
 Per-station order: a station is offered only when its oldest event is due, its events go in spool order
 within a batch (core applies them in order and stops that station at its first failure worth retrying), and
 batches in flight at the same time never share a station. So a later event never overtakes one that is
@@ -31,7 +43,7 @@ from chargeghar_protocol.signing import signed_headers
 
 from chargeghar_ingest.metrics import Metrics
 from chargeghar_ingest.settings import CoreSettings
-from chargeghar_ingest.spool import Spool, SpooledEvent
+from chargeghar_ingest.spool import PARKED, Spool, SpooledEvent
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +54,13 @@ REFRESH_PATH = "/api/auth/refresh"
 
 # Client errors that resending the same bytes can never fix.
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 409, 410, 413, 415, 422})
+# Server errors that say "not available" (proxy, overload, a preceding event of the station failed), not
+# "this event failed": they never count as a strike against the event.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+# Item errors of a batch answer without a status: core's processing failures of that very event.
+PROCESSING_ERRORS = frozenset({"SYNC_ERROR", "RETURN_ERROR", "STATUS_ERROR"})
+# Sending a failed batch event by event stops after this many failures without one success (core is down).
+SOLO_GIVE_UP_FAILURES = 3
 
 
 class CoreLoginError(RuntimeError):
@@ -55,6 +74,8 @@ class Delivery:
     event: SpooledEvent
     outcome: str  # "delivered" | "retry" | "dead"
     detail: str = ""
+    # What core answered for this event (its batch item's status); None when core gave no answer for it.
+    status: int | None = None
 
 
 class CoreClient:
@@ -173,6 +194,10 @@ class Forwarder:
         self._metrics = metrics
         # Stations with a batch in flight: no other batch may carry their events until it is recorded.
         self._in_flight: set[str] = set()
+        # Events core accepted since start, and its value at each waiting event's last failure (by seq):
+        # a failure counts as a strike only if core accepted something else meanwhile (core is healthy).
+        self._delivered_total = 0
+        self._delivered_at_failure: dict[int, int] = {}
 
     async def run(self) -> None:
         slots = asyncio.Semaphore(max(1, self._settings.batches_in_flight))
@@ -223,8 +248,11 @@ class Forwarder:
         now = time.time()
         next_at = await self._spool.next_retry_at(exclude=sorted(self._in_flight))
         wait = idle_wait_s if next_at is None else min(idle_wait_s, max(0.01, next_at - now))
+        # asyncio.timeout, not wait_for: no extra task per idle wait, and a cancellation of the forwarder
+        # is never mistaken for the timeout.
         try:
-            await asyncio.wait_for(self._spool.new_event.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._spool.new_event.wait()
         except TimeoutError:
             pass
 
@@ -257,7 +285,7 @@ class Forwarder:
         response = await self._core.post_signed(
             DATA_PATH, body, event_id=event.event_id, correlation_id=event.correlation_id or event.event_id
         )
-        return Delivery(event, _classify(response.status_code), _describe(response))
+        return Delivery(event, _classify(response.status_code), _describe(response), response.status_code)
 
     async def _send_batch(self, events: list[SpooledEvent]) -> list[Delivery]:
         # The stored JSON texts joined as they are: no decode/encode round per event.
@@ -266,6 +294,13 @@ class Forwarder:
             BATCH_PATH, body, event_id=None, correlation_id=events[0].correlation_id or events[0].event_id
         )
         if response.status_code // 100 != 2:
+            if _core_failed(response.status_code):
+                # One bad event can fail a whole batch (a core without per-event isolation): find it by
+                # sending alone, rather than holding every station of the batch behind it.
+                log.warning(
+                    "forwarder.batch_failed_sending_alone", status=response.status_code, events=len(events)
+                )
+                return await self._send_alone(events)
             outcome = _classify(response.status_code)
             return [Delivery(e, outcome, _describe(response)) for e in events]
         results = _batch_results(response)
@@ -273,18 +308,58 @@ class Forwarder:
             # An answer we cannot map to events proves nothing about any of them: send again later.
             return [Delivery(e, "retry", "unreadable batch answer") for e in events]
         return [
-            Delivery(e, _classify_item(item), json.dumps(item)[:500])
+            Delivery(e, _classify_item(item), json.dumps(item)[:500], _item_status(item))
             for e, item in zip(events, results, strict=True)
         ]
+
+    async def _send_alone(self, events: list[SpooledEvent]) -> list[Delivery]:
+        """Each event in its own request, in order; a station stops at its first failure (order)."""
+        deliveries: list[Delivery] = []
+        stopped: set[str] = set()
+        successes = failures = 0
+        for index, event in enumerate(events):
+            if event.station in stopped:
+                deliveries.append(Delivery(event, "retry", "held back behind a failed event of its station"))
+                continue
+            if failures >= SOLO_GIVE_UP_FAILURES and successes == 0:
+                # Core fails everything: an outage, not one bad event. No more requests into it now.
+                rest = events[index:]
+                deliveries += [
+                    Delivery(e, "retry", "not sent: core failed every event sent alone") for e in rest
+                ]
+                break
+            try:
+                delivery = await self._send_one(event)
+            except (httpx.HTTPError, CoreLoginError) as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+                deliveries += [Delivery(e, "retry", detail) for e in events[index:]]
+                break
+            deliveries.append(delivery)
+            if delivery.outcome == "delivered":
+                successes += 1
+            elif delivery.outcome == "retry":
+                failures += 1
+                stopped.add(event.station)
+        return deliveries
 
     async def _record(self, deliveries: list[Delivery]) -> None:
         delivered = [d.event.seq for d in deliveries if d.outcome == "delivered"]
         await self._spool.ack(delivered)
         self._metrics.inc("events_delivered_total", len(delivered))
+        delivered_before = self._delivered_total
+        self._delivered_total += len(delivered)
         retries: list[tuple[int, float, str]] = []
+        strikes: list[int] = []
         now = time.time()
         for d in deliveries:
+            if d.outcome != "retry":
+                self._delivered_at_failure.pop(d.event.seq, None)
             if d.outcome == "retry":
+                if self._is_strike(d, delivered_in_answer=bool(delivered), delivered_before=delivered_before):
+                    if d.event.strikes + 1 >= self._settings.max_attempts:
+                        await self._park(d)
+                        continue
+                    strikes.append(d.event.seq)
                 attempts = d.event.attempts + 1
                 retries.append((d.event.seq, now + self.backoff_s(attempts), d.detail))
                 if attempts >= self._settings.alert_after_attempts:
@@ -316,8 +391,39 @@ class Forwarder:
                     event_type=d.event.type,
                     detail=d.detail,
                 )
-        await self._spool.schedule_retries(retries)
+        await self._spool.schedule_retries(retries, strikes=strikes)
         self._metrics.inc("events_retried_total", len(retries))
+        if strikes:
+            self._metrics.inc("events_struck_total", len(strikes))
+
+    def _is_strike(self, d: Delivery, *, delivered_in_answer: bool, delivered_before: int) -> bool:
+        """Core failed this very event while it was accepting others (see the module docstring)."""
+        if d.status is None or not _core_failed(d.status):
+            return False
+        seq = d.event.seq
+        previous = self._delivered_at_failure.get(seq)
+        self._delivered_at_failure[seq] = self._delivered_total
+        return delivered_in_answer or (previous is not None and previous < delivered_before)
+
+    async def _park(self, d: Delivery) -> None:
+        detail = f"parked after {d.event.strikes + 1} strikes ({d.event.attempts + 1} attempts): {d.detail}"
+        await self._spool.move_to_dead_letter(d.event, reason=PARKED, detail=detail)
+        self._delivered_at_failure.pop(d.event.seq, None)
+        self._metrics.inc("events_struck_total")
+        self._metrics.inc("events_parked_total")
+        self._metrics.inc("dead_letters_total")
+        # ALERT: core keeps failing this event while it applies others; the station's later events now
+        # go ahead of it. Re-drive it once core is fixed (chargeghar ingest-redrive).
+        log.error(
+            "forwarder.event_parked",
+            alert=True,
+            event_id=d.event.event_id,
+            station_id=d.event.station,
+            event_type=d.event.type,
+            strikes=d.event.strikes + 1,
+            attempts=d.event.attempts + 1,
+            detail=d.detail,
+        )
 
     def backoff_s(self, attempts: int) -> float:
         ceiling = min(self._settings.retry_max_s, self._settings.retry_initial_s * 2 ** min(attempts - 1, 30))
@@ -331,6 +437,20 @@ def _classify(status: int) -> str:
     if status in PERMANENT_STATUSES:
         return "dead"
     return "retry"
+
+
+def _core_failed(status: int) -> bool:
+    """Core itself failed the request/event (not: unavailable, overloaded, held back)."""
+    return 500 <= status < 600 and status not in UNAVAILABLE_STATUSES
+
+
+def _item_status(item: dict[str, Any]) -> int | None:
+    status = item.get("status_code", item.get("status"))
+    if isinstance(status, int):
+        return status
+    if item.get("success") is not True and str(item.get("error", "")) in PROCESSING_ERRORS:
+        return 500
+    return None
 
 
 def _classify_item(item: dict[str, Any]) -> str:

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# Evidence of bad device input in a log line: enough bytes to recognise it, never the whole body (a
+# 10 MB body would otherwise become a 20 MB log line).
+LOG_HEX_PREFIX_BYTES = 64
+# Any field rendered longer than this is cut (a last guard for hex dumps and echoed device strings).
+LOG_FIELD_MAX_CHARS = 1024
+
+
+def hex_prefix(raw: bytes, limit: int = LOG_HEX_PREFIX_BYTES) -> str:
+    """The first ``limit`` bytes as hex, with the total length when cut: ``a80047…(+1234 bytes)``."""
+    if len(raw) <= limit:
+        return raw.hex()
+    return f"{raw[:limit].hex()}…(+{len(raw) - limit} bytes)"
+
+
+def cap_long_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: cut every string field longer than LOG_FIELD_MAX_CHARS."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and len(value) > LOG_FIELD_MAX_CHARS:
+            event_dict[key] = f"{value[:LOG_FIELD_MAX_CHARS]}…(+{len(value) - LOG_FIELD_MAX_CHARS} chars)"
+    return event_dict
 
 
 def configure_logging(*, json: bool, level: str = "INFO") -> None:
@@ -14,6 +37,7 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        cap_long_fields,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)

@@ -1,15 +1,24 @@
-"""Operations endpoints: health and metrics."""
+"""Operations endpoints: health and metrics (open), and the signed admin calls over parked events."""
 
 from __future__ import annotations
 
+import hmac
 import time
+from dataclasses import asdict
 
+import structlog
+from chargeghar_protocol.contract import validation_error_details
+from chargeghar_protocol.signing import SignatureError, verify_request_signature
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chargeghar_ingest.command_api import CALLER_HEADER, SERVICE_TOKEN_HEADER, error
 from chargeghar_ingest.metrics import Metrics
 from chargeghar_ingest.runtime import IngestRuntime
+from chargeghar_ingest.spool import PARKED, RedrivenEvent
 
+log = structlog.get_logger(__name__)
 router = APIRouter()
 
 
@@ -23,6 +32,8 @@ async def _gauges(runtime: IngestRuntime) -> dict[str, float]:
     return {
         "spool_pending_events": float(await runtime.spool.pending_count()),
         "dead_letter_rows": float(await runtime.spool.dead_letter_count()),
+        # ALERT when above 0: events core kept failing, waiting for an operator to re-drive them.
+        "parked_events": float(await runtime.spool.dead_letter_count(PARKED)),
         "mqtt_connected": 1.0 if transport is not None and transport.connected else 0.0,
         "mqtt_connects": float(transport.connect_count if transport is not None else 0),
         "mqtt_handler_errors": float(transport.handler_errors if transport is not None else 0),
@@ -42,6 +53,7 @@ async def health(request: Request) -> JSONResponse:
         "mqtt": "disabled" if transport is None else ("connected" if transport.connected else "reconnecting"),
         "redis": "configured" if runtime.redis is not None else "in-process",
         "spool_pending": await runtime.spool.pending_count(),
+        "parked_events": await runtime.spool.dead_letter_count(PARKED),
     }
     return JSONResponse(body)
 
@@ -57,3 +69,101 @@ async def metrics_text(request: Request) -> Response:
 async def metrics_json(request: Request) -> JSONResponse:
     runtime = _runtime(request)
     return JSONResponse(runtime.metrics.snapshot(await _gauges(runtime)))
+
+
+# ------------------------------------------------------------------------------------------ admin calls
+# Signed like the command API (contract.md §3: HMAC of the raw body with the shared secret, X-Timestamp,
+# and the service token when one is configured): core's operations API or an operator with the secret.
+
+
+class RedriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Dead-letter ids (parked or refused forwarder events); station / all_parked pick parked ones only.
+    ids: list[int] = Field(default_factory=list, max_length=10_000)
+    station: str | None = None
+    all_parked: bool = False
+
+
+def _refuse_unsigned(runtime: IngestRuntime, request: Request, body: bytes) -> JSONResponse | None:
+    settings = runtime.settings
+    try:
+        verify_request_signature(
+            settings.core.hmac_secret.get_secret_value(),
+            body,
+            request.headers.get("X-Timestamp"),
+            request.headers.get("X-Signature"),
+        )
+    except SignatureError as exc:
+        log.warning("ops.auth_failed", path=request.url.path, error=exc.code)
+        return error(exc.http_status, exc.code, exc.message)
+    token = settings.commands.service_token
+    if token is not None:
+        presented = request.headers.get(SERVICE_TOKEN_HEADER, "")
+        if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+            return error(403, "FORBIDDEN", "Missing or wrong service token")
+    return None
+
+
+@router.get("/internal/ops/dead-letters")
+async def list_dead_letters(
+    request: Request, reason: str | None = None, station: str | None = None, limit: int = 100
+) -> JSONResponse:
+    """Newest dead letters (``reason=parked`` for the parked events), without their raw bytes."""
+    runtime = _runtime(request)
+    refusal = _refuse_unsigned(runtime, request, await request.body())
+    if refusal is not None:
+        return refusal
+    rows = await runtime.spool.dead_letters(limit=max(1, min(limit, 1000)), reason=reason, station=station)
+    items = [
+        {
+            "id": row.id,
+            "created_at": row.created_at,
+            "source": row.source,
+            "station": row.station,
+            "reason": row.reason,
+            "detail": row.detail,
+            "event_id": row.event_id,
+            "event_type": (row.body or {}).get("type"),
+            "raw_len": row.raw_len,
+            "raw_sha256": row.raw_sha256,
+        }
+        for row in rows
+    ]
+    return JSONResponse({"success": True, "message": f"{len(items)} dead letters", "data": {"items": items}})
+
+
+@router.post("/internal/ops/redrive")
+async def redrive(request: Request) -> JSONResponse:
+    """Put parked (or refused) events back into the spool at their original place, attempts reset."""
+    runtime = _runtime(request)
+    body = await request.body()
+    refusal = _refuse_unsigned(runtime, request, body)
+    if refusal is not None:
+        return refusal
+    try:
+        selection = RedriveRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return error(400, "VALIDATION_ERROR", "Invalid re-drive request", validation_error_details(exc))
+    if not selection.ids and selection.station is None and not selection.all_parked:
+        return error(400, "VALIDATION_ERROR", "Name ids, a station, or all_parked")
+    moved = await runtime.spool.redrive(
+        ids=selection.ids, station=selection.station, all_parked=selection.all_parked
+    )
+    record_redrive(runtime.metrics, moved, by=request.headers.get(CALLER_HEADER) or "ops-api")
+    data = {"count": len(moved), "redriven": [asdict(m) for m in moved]}
+    return JSONResponse({"success": True, "message": f"{len(moved)} events re-driven", "data": data})
+
+
+def record_redrive(metrics: Metrics | None, moved: list[RedrivenEvent], *, by: str) -> None:
+    if metrics is not None and moved:
+        metrics.inc("events_redriven_total", len(moved))
+    for event in moved:
+        log.warning(
+            "ops.event_redriven",
+            by=by,
+            dead_letter_id=event.dead_letter_id,
+            event_id=event.event_id,
+            station_id=event.station,
+            seq=event.seq,
+        )

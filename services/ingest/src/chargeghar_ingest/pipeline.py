@@ -3,14 +3,22 @@
 Both entry points (device HTTP and the MQTT consumer) go through :class:`EventRecorder`, so an event is
 built the same way whichever road it came by, and it is committed to the spool before the caller answers
 the device or moves on to the next MQTT message.
+
+Device strings are screened at the edges (:func:`plausible_station_id` refuses a bad identity,
+:func:`clean_device_text` cleans informational fields) and, as a last guard, every event the recorder
+spools is stripped of control characters: PostgreSQL refuses NUL in text, and one event core can never
+store must not reach it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from chargeghar_protocol.contract import (
@@ -45,6 +53,53 @@ SpoolableEvent = FullEvent | ReturnedEvent | StatusEvent | CommandResultEvent | 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+# A station id (IMEI, or the alphanumeric id of a test cabinet): the same rule as the command API's.
+STATION_ID_MAX_CHARS = 32
+_STATION_ID = re.compile(rf"[A-Za-z0-9]{{1,{STATION_ID_MAX_CHARS}}}")
+# C0 control characters and DEL: never meaningful in a device string; NUL breaks PostgreSQL text.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# A control character as serialised JSON text: \u0000-\u001f escapes, the short escapes, a raw DEL. May
+# match an escaped backslash followed by a letter: then the slow path below simply changes nothing.
+_CONTROL_IN_JSON = re.compile(r"\\u00[01][0-9a-fA-F]|\\[btnfr]|\x7f")
+
+
+def plausible_station_id(value: str | None) -> bool:
+    """An identity we accept from a device: ASCII letters and digits, 1-32 characters."""
+    return value is not None and _STATION_ID.fullmatch(value) is not None
+
+
+def clean_device_text(value: str | None, max_chars: int) -> tuple[str | None, bool]:
+    """An informational device string without control characters, cut to ``max_chars``.
+
+    Returns ``(cleaned, changed)``."""
+    if value is None:
+        return None, False
+    cleaned = _CONTROL_CHARS.sub("", value)[:max_chars]
+    return cleaned, cleaned != value
+
+
+def _strip_controls(value: Any) -> Any:
+    if isinstance(value, str):
+        return _CONTROL_CHARS.sub("", value)
+    if isinstance(value, dict):
+        return {key: _strip_controls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strip_controls(item) for item in value]
+    return value
+
+
+def without_control_chars(body_json: str) -> str | None:
+    """The event text with every control character removed from its strings, or None when it has none
+    (the common case costs one regex scan)."""
+    if _CONTROL_IN_JSON.search(body_json) is None:
+        return None
+    parsed = json.loads(body_json)
+    stripped = _strip_controls(parsed)
+    if stripped == parsed:
+        return None
+    return json.dumps(stripped, separators=(",", ":"), ensure_ascii=False)
 
 
 class _RandomIds:
@@ -96,10 +151,16 @@ class EventRecorder:
         if event.observed_at is None:
             event.observed_at = utc_now()
         # Serialised once, by pydantic's JSON encoder; the forwarder sends these very bytes.
+        body_json = event.to_wire_json().decode()
+        cleaned = without_control_chars(body_json)
+        if cleaned is not None:
+            self._metrics.inc("device_strings_cleaned_total")
+            log.warning("event.control_chars_removed", event_type=event.type, station_id=station)
+            body_json = cleaned
         await self._spool.enqueue_serialized(
             event_id=event.event_id,
             event_type=event.type,
-            body_json=event.to_wire_json().decode(),
+            body_json=body_json,
             station=station,
             correlation_id=correlation_id,
         )
@@ -120,8 +181,13 @@ class EventRecorder:
         bucket = int(ts // self._return_window_s)
         event.event_id = str(uuid.uuid5(RETURN_ID_NAMESPACE, f"{station}|{serial}|{slot}|{bucket}"))
         event.observed_at = observed_at
+        wire = event.to_wire()
+        cleaned = _strip_controls(wire)
+        if cleaned != wire:
+            self._metrics.inc("device_strings_cleaned_total")
+            log.warning("event.control_chars_removed", event_type="returned", station_id=station)
         event_id, duplicate = await self._spool.enqueue_return(
-            event.to_wire(),
+            cleaned,
             station=station,
             power_bank_serial=serial,
             slot_number=slot,

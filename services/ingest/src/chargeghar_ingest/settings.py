@@ -8,7 +8,6 @@ any secret still has its development placeholder value.
 from __future__ import annotations
 
 import socket
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -24,17 +23,23 @@ class MqttSettings(BaseModel):
     port: int = 1883
     username: str | None = None
     password: SecretStr | None = None
-    # Unique per replica: two clients with one id kick each other off the broker.
-    client_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    # Stable and unique per replica: the broker keeps the session (subscriptions, queued QoS 1 messages)
+    # under this id, so a restarted ingest must come back with the same one. The host name is the pod name
+    # of a StatefulSet; two replicas on one host need distinct ids (two clients with one id kick each other
+    # off the broker).
+    client_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}")
     # "" in production (device topics start with "/powerbank"); tests isolate themselves with "/t<random>".
     topic_prefix: str = ""
     # When set, subscribe as "$share/<group>/<topic>" so several replicas split the stations.
     shared_group: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    # Keep the broker session across restarts so QoS 1 messages sent meanwhile are not lost. Needs a
-    # stable, per-replica client_id (set INGEST_MQTT__CLIENT_ID, e.g. to the pod name).
-    persistent_session: bool = False
-    session_expiry_s: int = 7200
+    # Keep the broker session across ingest restarts and reconnects so QoS 1 messages sent meanwhile are
+    # queued by the broker, not lost (MQTT 3.1.1: clean_session=0; MQTT 5: clean_start=0 + session expiry).
+    # Needs the stable client_id above. Off only for throwaway consumers (e.g. a one-off debugging run).
+    persistent_session: bool = True
+    # How long the broker keeps the session of a disconnected ingest (MQTT 5; for 3.1.1 the broker's own
+    # setting, e.g. Mosquitto's persistent_client_expiration, decides).
+    session_expiry_s: int = Field(default=86400, ge=0)
     keepalive_s: int = 60
     subscribe_qos: int = 1
     # Messages handled at once. One station's messages always go to the same worker (hash of the
@@ -42,8 +47,10 @@ class MqttSettings(BaseModel):
     handler_workers: int = Field(default=32, ge=1)
     # Messages waiting per worker before the consumer stops reading from the broker (back-pressure).
     handler_queue_size: int = Field(default=64, ge=1)
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    # Reconnect backoff, jittered: short, so after a broker restart the ingest is back no later than the
+    # stations (what arrives before it resubscribes is queued only in a persistent session).
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
     # Host/port handed to the stations in the connect answer (the broker as the devices see it).
     public_host: str = "127.0.0.1"
     public_port: int = 1883
@@ -72,6 +79,11 @@ class CoreSettings(BaseModel):
     retry_max_s: float = 30.0
     # Alert (error log) once an event has failed this many times; it is still retried.
     alert_after_attempts: int = 10
+    # Park an event (dead letter "parked", alert, re-drivable) after this many *strikes*: answers in which
+    # core itself failed this very event (5xx other than 502/503/504) while it accepted other events since
+    # the previous try. Outages (refused connections, timeouts, 502/503/504, everything failing) never
+    # strike, so they never park. 12 strikes ride out ~3-5 minutes of a core bug with the 30 s backoff cap.
+    max_attempts: int = Field(default=12, ge=1)
 
 
 class RedisSettings(BaseModel):
@@ -90,6 +102,15 @@ class SpoolSettings(BaseModel):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     # Upper bound of write jobs (events, acks, …) sharing one transaction and one fsync.
     max_jobs_per_commit: int = Field(default=512, ge=1)
+    # A dead letter keeps at most this many bytes of a bad body (plus its full length and sha256).
+    dead_letter_raw_max_bytes: int = Field(default=4096, ge=0)
+    # Retention (a background job prunes older rows every retention_interval_s): device refusals and
+    # refused events; parked events (kept longer: real events an operator may still re-drive); the
+    # command audit log.
+    dead_letter_retention_days: float = Field(default=30.0, gt=0)
+    parked_retention_days: float = Field(default=90.0, gt=0)
+    command_audit_retention_days: float = Field(default=90.0, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class PresenceSettings(BaseModel):
@@ -126,6 +147,8 @@ class DeviceSettings(BaseModel):
     return_dedupe_window_s: float = 90.0
     # The legacy bridge ignored checksums; a frame that fails it is garbled, so it is refused by default.
     accept_bad_checksum: bool = False
+    # Device HTTP bodies above this answer 413 without being read (a real upload frame is < 2 KB).
+    max_body_bytes: int = Field(default=16 * 1024, ge=256)
 
 
 class CommandSettings(BaseModel):
@@ -163,15 +186,32 @@ class IngestSettings(BaseSettings):
     def refuse_placeholder_secrets(self) -> IngestSettings:
         if self.environment != "production":
             return self
-        placeholders = [
-            name
-            for name, secret in (
-                ("core.password", self.core.password),
-                ("core.hmac_secret", self.core.hmac_secret),
-                ("device.credential_secret", self.device.credential_secret),
-            )
-            if secret.get_secret_value() in ("", PLACEHOLDER_SECRET)
+        # Words the shipped examples use; a real random secret contains none of them. Long ones only:
+        # these keys guard the event stream and every device login.
+        placeholder_words = ("replace", "placeholder", "example", "changeme", "change-me", "dev-secret")
+        min_length = 32
+        secrets: list[tuple[str, SecretStr | None]] = [
+            ("core.password", self.core.password),
+            ("core.hmac_secret", self.core.hmac_secret),
+            ("device.credential_secret", self.device.credential_secret),
+            ("mqtt.password", self.mqtt.password),
+            ("commands.service_token", self.commands.service_token),
         ]
+        placeholders = []
+        for name, secret in secrets:
+            if secret is None and name in ("mqtt.password", "commands.service_token"):
+                continue  # optional: a broker without passwords, no extra token
+            value = secret.get_secret_value() if secret is not None else ""
+            lowered = value.strip().lower()
+            if (
+                lowered == PLACEHOLDER_SECRET
+                or any(word in lowered for word in placeholder_words)
+                or len(value) < min_length
+            ):
+                placeholders.append(name)
         if placeholders:
-            raise ValueError(f"production refuses placeholder secrets: {', '.join(placeholders)}")
+            raise ValueError(
+                f"production refuses placeholder secrets (and any shorter than {min_length} characters): "
+                f"{', '.join(placeholders)}"
+            )
         return self

@@ -10,15 +10,21 @@ the writer).
 
 Tables:
 
-- ``events``: waiting for core, in arrival order (``seq``); a row is deleted only after core answered 2xx.
-- ``dead_letters``: bad device input (raw bytes as hex) and events core refused for good (403, 4xx).
+- ``events``: waiting for core, in arrival order (``seq``); a row is deleted only after core answered 2xx
+  (or when it moves to ``dead_letters``). ``strikes`` counts the answers in which core itself failed it.
+- ``dead_letters``: bad device input (a capped prefix of the raw bytes as hex, with the full length and
+  sha256), events core refused for good (403, 4xx) and events parked after too many strikes
+  (``reason = 'parked'``; re-drivable to their original place with :meth:`Spool.redrive`). Pruned by age.
 - ``return_keys``: content keys of returns, so one return reported over MQTT *and* HTTP is one event.
-- ``command_audit``: every command sent to a station, its (masked) payload, outcome and timing.
+- ``command_audit``: every command sent to a station, its (masked) payload, outcome and timing. Pruned by age.
+
+An existing spool file is migrated at open: columns added since are appended with ``ALTER TABLE``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import queue
 import sqlite3
@@ -82,6 +88,38 @@ CREATE INDEX IF NOT EXISTS command_audit_station ON command_audit (station, id);
 CREATE INDEX IF NOT EXISTS command_audit_command ON command_audit (command_id);
 """
 
+# Columns added after the first release: (table, column, declaration). Appended to an older file at open.
+MIGRATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("events", "strikes", "INTEGER NOT NULL DEFAULT 0"),
+    ("dead_letters", "raw_len", "INTEGER"),
+    ("dead_letters", "raw_sha256", "TEXT"),
+    ("dead_letters", "event_seq", "INTEGER"),
+    ("dead_letters", "correlation_id", "TEXT"),
+)
+# Indexes over migrated columns (or for the retention job): created after the columns exist.
+MIGRATION_INDEXES = """
+CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters (created_at);
+CREATE INDEX IF NOT EXISTS dead_letters_reason_station ON dead_letters (reason, station, event_seq);
+CREATE INDEX IF NOT EXISTS command_audit_started ON command_audit (started_at);
+"""
+
+PARKED = "parked"
+DEFAULT_DEAD_LETTER_RAW_MAX_BYTES = 4096
+# Rows deleted per write job by the retention job: a big backlog never holds the writer for long.
+PRUNE_CHUNK_ROWS = 1000
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Add the columns a spool file created by an older release lacks; returns ``table.column`` added."""
+    added: list[str] = []
+    for table, column, declaration in MIGRATION_COLUMNS:
+        present = {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            added.append(f"{table}.{column}")
+    db.executescript(MIGRATION_INDEXES)
+    return added
+
 
 _AUDIT_COLUMNS = "command_id, station, caller, cmd, payload, qos, outcome, reply, elapsed_ms"
 _AUDIT_BY_STATION = f"SELECT {_AUDIT_COLUMNS} FROM command_audit WHERE station = ? ORDER BY id"  # noqa: S608
@@ -97,6 +135,7 @@ class SpooledEvent:
     body_json: str  # the event as stored: sent to core as these bytes, without a decode/encode round
     correlation_id: str | None
     attempts: int
+    strikes: int = 0
 
     @property
     def body(self) -> dict[str, Any]:
@@ -115,6 +154,19 @@ class DeadLetter:
     raw_hex: str | None
     event_id: str | None
     body: dict[str, Any] | None
+    raw_len: int | None = None
+    raw_sha256: str | None = None
+    event_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedrivenEvent:
+    """A dead letter put back into the spool (at its original place when its seq is known)."""
+
+    dead_letter_id: int
+    seq: int
+    event_id: str
+    station: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +253,7 @@ class GroupCommitWriter:
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            migrate(db)
         except BaseException as exc:  # handed to start() in the opening thread
             self._open_error = exc
             self._ready.set()
@@ -326,8 +379,16 @@ def _insert_serialized_row(
 class Spool:
     """Async facade over the SQLite file: writes through the group-commit writer, reads on aiosqlite."""
 
-    def __init__(self, path: Path, *, synchronous: SyncMode = "FULL", max_jobs_per_commit: int = 512) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: SyncMode = "FULL",
+        max_jobs_per_commit: int = 512,
+        dead_letter_raw_max_bytes: int = DEFAULT_DEAD_LETTER_RAW_MAX_BYTES,
+    ) -> None:
         self.path = path
+        self.dead_letter_raw_max_bytes = dead_letter_raw_max_bytes
         self._synchronous: SyncMode = synchronous
         self._max_jobs_per_commit = max_jobs_per_commit
         self._db: aiosqlite.Connection | None = None
@@ -456,7 +517,7 @@ class Spool:
         a later one never overtakes one that is waiting for a retry.
         """
         cursor = await self.db.execute(
-            "SELECT e.seq, e.event_id, e.station, e.type, e.body, e.correlation_id, e.attempts"
+            "SELECT e.seq, e.event_id, e.station, e.type, e.body, e.correlation_id, e.attempts, e.strikes"
             " FROM events e JOIN (SELECT station, MIN(seq) AS first_seq FROM events GROUP BY station) f"
             " ON e.seq = f.first_seq WHERE e.next_attempt_at <= ? ORDER BY e.seq LIMIT ?",
             (now, limit),
@@ -478,9 +539,9 @@ class Spool:
             "  WHERE e.next_attempt_at <= ? AND h.station NOT IN (SELECT value FROM json_each(?))"
             "  ORDER BY h.first_seq LIMIT ?),"
             " ranked AS (SELECT e.seq, e.event_id, e.station, e.type, e.body, e.correlation_id, e.attempts,"
-            "  ROW_NUMBER() OVER (PARTITION BY e.station ORDER BY e.seq) AS position"
+            "  e.strikes, ROW_NUMBER() OVER (PARTITION BY e.station ORDER BY e.seq) AS position"
             "  FROM events e JOIN ready r ON e.station = r.station)"
-            " SELECT seq, event_id, station, type, body, correlation_id, attempts FROM ranked"
+            " SELECT seq, event_id, station, type, body, correlation_id, attempts, strikes FROM ranked"
             " WHERE position <= ? ORDER BY seq LIMIT ?",
             (now, json.dumps(list(exclude)), limit, max(1, per_station), limit),
         )
@@ -505,31 +566,118 @@ class Spool:
         rows = [(s,) for s in seqs]
         await self._write(lambda db: db.executemany("DELETE FROM events WHERE seq = ?", rows))
 
-    async def schedule_retries(self, retries: Sequence[tuple[int, float, str]]) -> None:
-        """``(seq, next_attempt_at, error)`` per event that must be sent again later."""
+    async def schedule_retries(
+        self, retries: Sequence[tuple[int, float, str]], *, strikes: Sequence[int] = ()
+    ) -> None:
+        """``(seq, next_attempt_at, error)`` per event that must be sent again later; the events whose seq
+        is in ``strikes`` also count one more strike (core itself failed them, see the forwarder)."""
         if not retries:
             return
-        rows = [(next_at, error[:500], seq) for seq, next_at, error in retries]
+        struck = set(strikes)
+        rows = [(next_at, error[:500], 1 if seq in struck else 0, seq) for seq, next_at, error in retries]
         await self._write(
             lambda db: db.executemany(
-                "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE seq = ?",
+                "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
+                " strikes = strikes + ? WHERE seq = ?",
                 rows,
             )
         )
 
     async def move_to_dead_letter(self, event: SpooledEvent, *, reason: str, detail: str) -> None:
-        """Core refused this event for good: keep it (with why) and stop blocking its station."""
+        """Core refused this event for good, or it was parked: keep it (with why, its seq and correlation
+        id, so it can be re-driven to its place) and stop blocking its station."""
 
         def job(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO dead_letters (created_at, source, station, reason, detail, event_id, body)"
-                " VALUES (?, 'forwarder', ?, ?, ?, ?, ?)",
-                (time.time(), event.station, reason, detail[:2000], event.event_id, event.body_json),
+                "INSERT INTO dead_letters (created_at, source, station, reason, detail, event_id, body,"
+                " event_seq, correlation_id) VALUES (?, 'forwarder', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    event.station,
+                    reason,
+                    detail[:2000],
+                    event.event_id,
+                    event.body_json,
+                    event.seq,
+                    event.correlation_id,
+                ),
             )
             db.execute("DELETE FROM events WHERE seq = ?", (event.seq,))
 
         await self._write(job)
+
+    async def redrive(
+        self,
+        *,
+        ids: Sequence[int] = (),
+        station: str | None = None,
+        all_parked: bool = False,
+    ) -> list[RedrivenEvent]:
+        """Put dead-lettered events back into the spool, attempts and strikes reset.
+
+        ``ids`` picks forwarder dead letters by id (parked or refused: the operator's explicit choice);
+        ``station`` and ``all_parked`` pick parked ones only. Each event gets back its original ``seq``
+        (never reused: AUTOINCREMENT), so it sits before the station's later events still waiting and
+        re-driven events of one station keep their order. The dead-letter row is removed in the same
+        transaction.
+        """
+        if not ids and station is None and not all_parked:
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+        if ids:
+            clauses.append("id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps([int(i) for i in ids]))
+        if station is not None:
+            clauses.append("(reason = ? AND station = ?)")
+            params += [PARKED, station]
+        if all_parked:
+            clauses.append("reason = ?")
+            params.append(PARKED)
+        query = (
+            "SELECT id, station, event_id, body, event_seq, correlation_id FROM dead_letters"  # noqa: S608
+            f" WHERE source = 'forwarder' AND body IS NOT NULL AND ({' OR '.join(clauses)})"
+            " ORDER BY COALESCE(event_seq, 9223372036854775807), id"
+        )
+
+        def job(db: sqlite3.Connection) -> list[RedrivenEvent]:
+            moved: list[RedrivenEvent] = []
+            for row_id, row_station, event_id, body, event_seq, correlation_id in db.execute(
+                query, params
+            ).fetchall():
+                event = json.loads(body)
+                # The original seq when it is known and free; otherwise the end of the queue.
+                taken = (
+                    event_seq is not None
+                    and db.execute("SELECT 1 FROM events WHERE seq = ?", (event_seq,)).fetchone()
+                )
+                seq = None if taken else event_seq
+                try:
+                    cursor = db.execute(
+                        "INSERT INTO events (seq, event_id, station, type, body, correlation_id, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            seq,
+                            event_id,
+                            row_station,
+                            str(event.get("type")),
+                            body,
+                            correlation_id,
+                            time.time(),
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    continue  # the same event is already waiting (re-spooled meanwhile): nothing to move
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
+                moved.append(
+                    RedrivenEvent(int(row_id), int(cursor.lastrowid or 0), str(event_id), str(row_station))
+                )
+            return moved
+
+        moved = await self._write(job)
+        if moved:
+            self.new_event.set()
+        return moved
 
     async def pending_count(self) -> int:
         cursor = await self.db.execute("SELECT COUNT(*) FROM events")
@@ -538,7 +686,7 @@ class Spool:
 
     async def pending_events(self, station: str | None = None) -> list[SpooledEvent]:
         """Everything still waiting (ops and tests); optionally one station only."""
-        query = "SELECT seq, event_id, station, type, body, correlation_id, attempts FROM events"
+        query = "SELECT seq, event_id, station, type, body, correlation_id, attempts, strikes FROM events"
         params: tuple[Any, ...] = ()
         if station is not None:
             query += " WHERE station = ?"
@@ -556,24 +704,49 @@ class Spool:
         station: str | None = None,
         detail: str | None = None,
         raw: bytes | None = None,
+        raw_len: int | None = None,
     ) -> int:
-        values = (time.time(), source, station, reason, detail, raw.hex() if raw is not None else None)
+        """Keep bad input: at most ``dead_letter_raw_max_bytes`` of it as hex, its length and sha256.
+
+        ``raw_len`` is the true length when ``raw`` is only what was read of a longer body (a 413): the
+        sha256 is then left out, as the whole body was never seen."""
+        raw_hex = raw_sha256 = None
+        length = raw_len
+        if raw is not None:
+            raw_hex = raw[: self.dead_letter_raw_max_bytes].hex()
+            complete = raw_len is None or raw_len <= len(raw)
+            length = len(raw) if complete else raw_len
+            raw_sha256 = hashlib.sha256(raw).hexdigest() if complete else None
+        values = (
+            time.time(),
+            source,
+            station,
+            reason,
+            (detail or "")[:2000] or None,
+            raw_hex,
+            length,
+            raw_sha256,
+        )
         return await self._write(
             lambda db: int(
                 db.execute(
-                    "INSERT INTO dead_letters (created_at, source, station, reason, detail, raw_hex)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO dead_letters (created_at, source, station, reason, detail, raw_hex,"
+                    " raw_len, raw_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 ).lastrowid
                 or 0
             )
         )
 
-    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(
+        self, *, limit: int = 100, reason: str | None = None, station: str | None = None
+    ) -> list[DeadLetter]:
+        """Newest first; optionally one reason (e.g. ``parked``) and/or one station only."""
         cursor = await self.db.execute(
-            "SELECT id, created_at, source, station, reason, detail, raw_hex, event_id, body"
-            " FROM dead_letters ORDER BY id DESC LIMIT ?",
-            (limit,),
+            "SELECT id, created_at, source, station, reason, detail, raw_hex, event_id, body, raw_len,"
+            " raw_sha256, event_seq FROM dead_letters"
+            " WHERE (? IS NULL OR reason = ?) AND (? IS NULL OR station = ?) ORDER BY id DESC LIMIT ?",
+            (reason, reason, station, station, limit),
         )
         return [
             DeadLetter(
@@ -586,14 +759,58 @@ class Spool:
                 raw_hex=r[6],
                 event_id=r[7],
                 body=json.loads(r[8]) if r[8] else None,
+                raw_len=r[9],
+                raw_sha256=r[10],
+                event_seq=r[11],
             )
             for r in await cursor.fetchall()
         ]
 
-    async def dead_letter_count(self) -> int:
-        cursor = await self.db.execute("SELECT COUNT(*) FROM dead_letters")
+    async def dead_letter_count(self, reason: str | None = None) -> int:
+        cursor = await self.db.execute(
+            "SELECT COUNT(*) FROM dead_letters WHERE (? IS NULL OR reason = ?)", (reason, reason)
+        )
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def prune(
+        self, *, dead_letters_before: float, parked_before: float, audit_before: float
+    ) -> dict[str, int]:
+        """Delete dead letters (parked ones by their own cut-off) and command audit rows older than the
+        given times, in chunks of PRUNE_CHUNK_ROWS per write job so event writes keep flowing."""
+        statements = {
+            "dead_letters": (
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+                " WHERE created_at < ? AND reason != ? LIMIT ?)",
+                (dead_letters_before, PARKED),
+            ),
+            "parked": (
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+                " WHERE created_at < ? AND reason = ? LIMIT ?)",
+                (parked_before, PARKED),
+            ),
+            "command_audit": (
+                "DELETE FROM command_audit WHERE id IN (SELECT id FROM command_audit"
+                " WHERE started_at < ? LIMIT ?)",
+                (audit_before,),
+            ),
+        }
+        removed: dict[str, int] = {}
+        for name, (statement, params) in statements.items():
+            removed[name] = 0
+            args = (*params, PRUNE_CHUNK_ROWS)
+
+            def chunk(
+                db: sqlite3.Connection, statement: str = statement, args: tuple[Any, ...] = args
+            ) -> int:
+                return int(db.execute(statement, args).rowcount)
+
+            while True:
+                count = await self._write(chunk)
+                removed[name] += count
+                if count < PRUNE_CHUNK_ROWS:
+                    break
+        return removed
 
     # ------------------------------------------------------------------------------------------ audit
 
@@ -664,4 +881,5 @@ def _spooled(row: Any) -> SpooledEvent:
         body_json=str(row[4]),
         correlation_id=row[5],
         attempts=int(row[6]),
+        strikes=int(row[7]),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from chargeghar_protocol.contract import (
     STATION_EVENT_ADAPTER,
     BatchItemResult,
     ErrorCode,
+    FullEvent,
     StationEvent,
     error_code_for_validation_error,
     parse_station_event,
@@ -45,7 +47,21 @@ from chargeghar_core.iot.service import (
     failure_log_entry,
 )
 from chargeghar_core.kit.db import DbSession, utcnow
-from chargeghar_core.kit.errors import CoreError, ValidationFailed
+from chargeghar_core.kit.errors import (
+    CoreError,
+    InvalidInput,
+    ServiceUnavailable,
+    ValidationFailed,
+    dependency_failure,
+)
+from chargeghar_core.kit.guard import (
+    TOO_DEEP_MESSAGE,
+    UNSTORABLE_MESSAGE,
+    JsonTooDeep,
+    find_unstorable_text,
+    loads_bounded,
+)
+from chargeghar_core.stations.models import SyncLog
 from chargeghar_core.stations.repository import SyncLogRepository
 
 logger = structlog.get_logger(__name__)
@@ -79,22 +95,86 @@ def _decode_json(body: bytes) -> Any:
     """Only for the batch envelope; a single event is parsed straight from the bytes by pydantic."""
     try:
         return json.loads(body)
+    except RecursionError as exc:
+        raise _ParseFailure(
+            "Body is not valid JSON", code=ErrorCode.INVALID_JSON.value, details={"body": [TOO_DEEP_MESSAGE]}
+        ) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise _ParseFailure("Body is not valid JSON", code=ErrorCode.INVALID_JSON.value) from exc
 
 
-def _parse_event(raw: Any) -> StationEvent:
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """Checks of an event's values against the clock (settings: internal.max_future_skew_s)."""
+
+    now: datetime
+    max_future_skew_s: int
+
+    @classmethod
+    def of(cls, request: Request, now: datetime) -> EventLimits:
+        return cls(now, request.app.state.settings.internal.max_future_skew_s)
+
+
+def _parse_event(raw: Any, limits: EventLimits) -> StationEvent:
     """``raw``: the request bytes (parsed by pydantic's JSON parser directly) or a batch item."""
+    _refuse_unstorable_text(raw)
     try:
         if isinstance(raw, bytes):
-            return parse_station_event(raw)
-        return STATION_EVENT_ADAPTER.validate_python(raw)
+            event = parse_station_event(raw)
+        else:
+            event = STATION_EVENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:
         code = error_code_for_validation_error(exc)
         message = (
             "Unknown or missing event type" if code is ErrorCode.INVALID_TYPE else "Invalid station event"
         )
         raise _ParseFailure(message, code=code.value, details=validation_error_details(exc)) from exc
+    _refuse_out_of_range(event, limits)
+    return event
+
+
+def _refuse_unstorable_text(raw: Any) -> None:
+    """NUL (and, in a batch item decoded by ``json``, a lone surrogate) can never be stored: refuse the event
+    with the field paths instead of failing inside its transaction. In raw bytes NUL can only appear as the
+    escape ``\\u0000`` (a raw control byte is invalid JSON), so the common case costs one ``find``."""
+    if isinstance(raw, bytes):
+        if b"\\u0000" not in raw:
+            return
+        try:
+            raw = loads_bounded(raw)
+        except (ValueError, UnicodeDecodeError):
+            return  # not JSON: pydantic's parse answers it with its own error
+    try:
+        paths = find_unstorable_text(raw)
+    except JsonTooDeep as exc:
+        raise _ParseFailure(
+            "Invalid station event", code=ErrorCode.INVALID_JSON.value, details={"__root__": [str(exc)]}
+        ) from exc
+    if paths:
+        raise _ParseFailure(
+            "Station event contains characters that cannot be stored",
+            code=ErrorCode.VALIDATION_ERROR.value,
+            details={key: [UNSTORABLE_MESSAGE] for key in paths},
+        )
+
+
+# The widest cabinet the protocol can describe: slot numbers are one byte (protocol.md §4.2).
+MAX_TOTAL_SLOTS = 255
+
+
+def _refuse_out_of_range(event: StationEvent, limits: EventLimits) -> None:
+    """Values the contract leaves open but core must bound: a snapshot stamped in the future would make
+    every real snapshot of that station look stale; a slot count beyond the protocol overflows columns."""
+    details: dict[str, list[str]] = {}
+    latest = limits.now + timedelta(seconds=limits.max_future_skew_s)
+    if event.observed_at is not None and event.observed_at > latest:
+        details["observed_at"] = [f"more than {limits.max_future_skew_s} s in the future"]
+    if isinstance(event, FullEvent) and event.station.total_slots > MAX_TOTAL_SLOTS:
+        details["station.total_slots"] = [f"at most {MAX_TOTAL_SLOTS}"]
+    if details:
+        raise _ParseFailure(
+            "Station event out of range", code=ErrorCode.VALIDATION_ERROR.value, details=details
+        )
 
 
 def _event_key(explicit: str | None, fallback: str) -> str:
@@ -104,6 +184,13 @@ def _event_key(explicit: str | None, fallback: str) -> str:
 def failure_answer(exc: Exception, event_type: str) -> CoreError:
     if isinstance(exc, CoreError) and exc.status_code < 500:
         return exc
+    dependency = dependency_failure(exc)
+    if isinstance(dependency, InvalidInput):
+        # The database refused one of the event's values: resending it can never succeed, so it is the
+        # sender's bad input (400), which does not hold back the station's later events in a batch.
+        return ValidationFailed("Station event holds a value that cannot be stored")
+    if isinstance(dependency, ServiceUnavailable):
+        return dependency
     code = FAILURE_CODES.get(event_type, ErrorCode.SYNC_ERROR.value)
     return EventProcessingFailed(f"{event_type} event could not be processed", code=code)
 
@@ -126,7 +213,7 @@ async def station_data(request: Request, caller: InternalCaller, session: DbSess
 
     payload_json = body.decode("utf-8", errors="replace")
     try:
-        event = _parse_event(body)
+        event = _parse_event(body, EventLimits.of(request, received_at))
     except _ParseFailure as failure:
         context = EventContext(
             _event_key(request.headers.get(EVENT_ID_HEADER), f"sig:{signature}"),
@@ -168,8 +255,8 @@ async def _record_parse_failure(
     request: Request, body: bytes, failure: CoreError, context: EventContext
 ) -> None:
     try:
-        raw = json.loads(body)
-    except ValueError:
+        raw = loads_bounded(body)
+    except ValueError:  # not JSON, or nested too deeply (JsonTooDeep)
         raw = None
     entry = failure_log_entry(
         event_type=_declared_type(raw),
@@ -226,9 +313,8 @@ async def station_data_batch(request: Request, caller: InternalCaller, session: 
         raise ValidationFailed(details={"events": [f"at most {MAX_BATCH_EVENTS} events per batch"]})
 
     processor = _processor(request, session)
-    items = [
-        _BatchItem.parse(index, raw, signature, received_at, started) for index, raw in enumerate(events)
-    ]
+    limits = EventLimits.of(request, received_at)
+    items = [_BatchItem.parse(index, raw, signature, limits, started) for index, raw in enumerate(events)]
     results = await _apply_batch_at_once(session, processor, items)
     if results is None:
         results = await _apply_batch_event_by_event(session, processor, items)
@@ -249,19 +335,19 @@ class _BatchItem:
     declared_type: str
 
     @classmethod
-    def parse(cls, index: int, raw: Any, signature: str, received_at: Any, started: float) -> _BatchItem:
+    def parse(cls, index: int, raw: Any, signature: str, limits: EventLimits, started: float) -> _BatchItem:
         explicit_id = (
             raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
         )
         context = EventContext(
             event_key=_event_key(explicit_id, f"sig:{signature}:{index}"),
-            received_at=received_at,
+            received_at=limits.now,
             payload_json=json.dumps(raw),
             started=started,
         )
         declared = _declared_type(raw)
         try:
-            return cls(index, explicit_id, context, _parse_event(raw), None, declared)
+            return cls(index, explicit_id, context, _parse_event(raw, limits), None, declared)
         except _ParseFailure as failure:
             return cls(index, explicit_id, context, None, failure, declared)
 
@@ -348,8 +434,21 @@ async def _record_batch_parse_failure(
         context=item.context,
         error=f"{failure.code}: {failure.message}",
     )
-    await SyncLogRepository(session).add_resolving_station(entry)
+    await _record_batch_failure(session, entry)
     return _item(item.index, item.explicit_id, failure)
+
+
+async def _record_batch_failure(session: AsyncSession, entry: SyncLog) -> None:
+    """The failure row of one event, in its own savepoint: whatever the row holds, failing to write it
+    affects neither the other events of the batch nor the answer about this one. A database that is down
+    fails the whole request at its commit anyway (503)."""
+    try:
+        async with session.begin_nested():
+            await SyncLogRepository(session).add_resolving_station(entry)
+    except Exception as exc:
+        if isinstance(dependency_failure(exc), ServiceUnavailable):
+            raise
+        logger.exception("sync_log_failure_not_recorded", event_id=entry.event_id, error=entry.error)
 
 
 async def _process_batch_item(
@@ -365,7 +464,7 @@ async def _process_batch_item(
             event_type=event.type, station_key=event.device.identity, context=item.context, error=repr(exc)
         )
         # Outside the event's savepoint (already rolled back): kept even though the event is not applied.
-        await SyncLogRepository(session).add_resolving_station(entry)
+        await _record_batch_failure(session, entry)
         _log_failure(exc, answer, event.type, item.context.event_key)
         return _item(item.index, item.explicit_id, answer)
     return _success_item(item, outcome)

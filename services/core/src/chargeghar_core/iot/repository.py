@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, column, select, text, update
+from sqlalchemy import Integer, String, bindparam, column, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.iot.models import ProcessedEvent
@@ -422,3 +422,28 @@ class SnapshotWriter:
                 "metadata": [json.dumps(slot.metadata) for slot in slots],
             },
         )
+
+
+class RetentionRepository:
+    """Age-based pruning of the sync log and of the idempotency keys, in bounded chunks."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def delete_sync_logs_before(self, cutoff: datetime, limit: int) -> int:
+        table = table_of(SyncLog)
+        return await self._delete_chunk(table, table.c.id, table.c.created_at, cutoff, limit)
+
+    async def delete_processed_events_before(self, cutoff: datetime, limit: int) -> int:
+        table = table_of(ProcessedEvent)
+        return await self._delete_chunk(table, table.c.event_key, table.c.created_at, cutoff, limit)
+
+    async def _delete_chunk(self, table: Any, key: Any, created_at: Any, cutoff: datetime, limit: int) -> int:
+        # DELETE … WHERE key IN (SELECT key … LIMIT n): portable (SQLite has no DELETE … LIMIT) and short,
+        # so no long lock is held on a busy table. SKIP LOCKED on PostgreSQL: two replicas pruning at once
+        # take different rows instead of waiting on each other.
+        oldest = select(key).where(created_at < cutoff).limit(limit)
+        if dialect_name(self.session) == "postgresql":
+            oldest = oldest.with_for_update(skip_locked=True)
+        result = await self.session.execute(delete(table).where(key.in_(oldest.scalar_subquery())))
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -43,6 +43,7 @@ from chargeghar_core.iot.repository import (
 )
 from chargeghar_core.kit.db import dialect_name, utcnow
 from chargeghar_core.kit.errors import CoreError, ValidationFailed
+from chargeghar_core.kit.guard import sanitize_json, strip_unstorable
 from chargeghar_core.powerbanks.models import PowerBank
 from chargeghar_core.powerbanks.repository import BankObservation, PowerBankRepository
 from chargeghar_core.powerbanks.service import ModelCatalog, resolve_model
@@ -622,16 +623,19 @@ class StationEventProcessor:
 def failure_log_entry(
     *, event_type: str, station_key: str | None, context: EventContext, error: str
 ) -> SyncLog:
-    """The FAILED sync-log row of an event; ``station_id`` is resolved when it is written."""
+    """The FAILED sync-log row of an event; ``station_id`` is resolved when it is written.
+
+    Every text is made storable (NUL and lone surrogates stripped, lengths capped): the row must be
+    written precisely when the event held something the database refuses."""
     return SyncLog(
         id=uuid.uuid4(),
         station_id=None,
-        station_key=station_key[:MAX_IDENTIFIER_LENGTH] if station_key else None,
-        event_type=event_type[:32],
-        event_id=context.event_key,
+        station_key=strip_unstorable(station_key)[:MAX_IDENTIFIER_LENGTH] if station_key else None,
+        event_type=strip_unstorable(event_type)[:32],
+        event_id=strip_unstorable(context.event_key)[:200],
         outcome=SyncOutcome.FAILED.value,
-        payload=_payload_dict(context.payload_json),
-        error=error[:4000],
+        payload=sanitize_json(_payload_dict(context.payload_json)),
+        error=strip_unstorable(error)[:MAX_ERROR_LENGTH],
         duration_ms=round((time.perf_counter() - context.started) * 1000, 3),
         created_at=utcnow(),
     )
@@ -681,11 +685,15 @@ def _check_identifier_lengths(event: StationEvent) -> None:
         raise ValidationFailed("Identifier too long", details=too_long)
 
 
+MAX_ERROR_LENGTH = 4000
+MAX_RAW_PAYLOAD_LENGTH = 2000
+
+
 def _payload_dict(payload_json: str) -> dict[str, Any]:
     try:
         value = json.loads(payload_json)
-    except ValueError:
-        return {"raw": payload_json[:2000]}
+    except (ValueError, RecursionError):
+        return {"raw": payload_json[:MAX_RAW_PAYLOAD_LENGTH]}
     return value if isinstance(value, dict) else {"body": value}
 
 

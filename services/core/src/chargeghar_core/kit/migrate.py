@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
@@ -21,8 +23,18 @@ logger = structlog.get_logger(__name__)
 _REPOSITORY_ROOT = Path(__file__).resolve().parents[5]
 
 
+# Key of the PostgreSQL advisory lock that serialises migrations (any fixed bigint; "cg-migr" in ASCII).
+MIGRATION_LOCK_KEY = 0x63672D6D69677200
+# Longest wait for another replica's migration before this one gives up (and its container restarts).
+MIGRATION_LOCK_TIMEOUT_S = 600.0
+
+
 class MigrationSetupError(RuntimeError):
     """alembic.ini or the migrations folder cannot be found."""
+
+
+class MigrationLockTimeout(RuntimeError):
+    """Another process kept the migration lock longer than the timeout."""
 
 
 def alembic_config(settings: DatabaseSettings) -> Config:
@@ -39,12 +51,52 @@ def _upgrade_on_connection(connection: Connection, config: Config, revision: str
     command.upgrade(config, revision)
 
 
-async def upgrade_database(engine: AsyncEngine, settings: DatabaseSettings, revision: str = "head") -> None:
-    """``alembic upgrade <revision>`` over one connection of ``engine`` (safe inside a running loop)."""
+async def upgrade_database(
+    engine: AsyncEngine,
+    settings: DatabaseSettings,
+    revision: str = "head",
+    lock_timeout_s: float = MIGRATION_LOCK_TIMEOUT_S,
+) -> None:
+    """``alembic upgrade <revision>`` over one connection of ``engine`` (safe inside a running loop).
+
+    On PostgreSQL the upgrade runs under a cluster-wide advisory lock, so replicas starting at once
+    migrate one after the other (the later ones find the database at head and do nothing).
+    """
     config = alembic_config(settings)
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade_on_connection, config, revision)
+    async with _migration_lock(engine, lock_timeout_s):
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_on_connection, config, revision)
     logger.info("database_migrated", revision=revision)
+
+
+@asynccontextmanager
+async def _migration_lock(engine: AsyncEngine, timeout_s: float) -> AsyncIterator[None]:
+    if engine.dialect.name != "postgresql":
+        yield  # SQLite is the single-node setup: one process migrates
+        return
+    # A session-level lock on a connection of its own: it survives the commits alembic makes on the
+    # migration connection, and PostgreSQL frees it when this process dies mid-migration.
+    async with engine.connect() as lock_connection:
+        lock_connection = await lock_connection.execution_options(isolation_level="AUTOCOMMIT")
+        deadline = time.monotonic() + timeout_s
+        waiting_logged = False
+        while not await lock_connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        ):
+            if time.monotonic() >= deadline:
+                raise MigrationLockTimeout(
+                    f"another process held the migration lock for more than {timeout_s:.0f} s"
+                )
+            if not waiting_logged:
+                logger.info("migration_lock_wait", detail="another replica is migrating")
+                waiting_logged = True
+            await asyncio.sleep(0.5)
+        try:
+            yield
+        finally:
+            await lock_connection.execute(
+                text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
 
 
 async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:

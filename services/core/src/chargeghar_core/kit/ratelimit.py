@@ -1,5 +1,10 @@
 """Fixed-window request counters per caller: Redis when configured (shared by every replica),
-in-process otherwise (correct for the single-replica default)."""
+in-process otherwise (correct for the single-replica default).
+
+A rate limiter guards the internal endpoint; it must never be the reason the endpoint fails. With Redis
+down or frozen, :class:`FallbackRateLimiter` counts in process (per replica, so the effective limit is
+looser, never stricter) until Redis answers again.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +81,49 @@ class RedisRateLimiter:
             pipe.expire(redis_key, window_s + 1, nx=True)
             count, _ = await pipe.execute()
         return RateDecision(allowed=int(count) <= limit, count=int(count), retry_after_s=retry_after)
+
+
+class FallbackRateLimiter:
+    """``primary`` (Redis) while it answers; ``fallback`` (in process) during an outage.
+
+    After a failure Redis is not asked again for ``retry_after_s``: a frozen Redis would otherwise cost
+    every request a full socket timeout. The outage is logged once when it starts and once when it ends.
+    """
+
+    def __init__(
+        self,
+        primary: RateLimiter,
+        fallback: RateLimiter,
+        *,
+        retry_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._down_until: float | None = None
+        self.fallback_hits = 0  # requests counted in process, for tests and diagnostics
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_until is not None
+
+    async def hit(self, key: str, limit: int, window_s: int) -> RateDecision:
+        if self._down_until is not None and self._clock() < self._down_until:
+            return await self._hit_fallback(key, limit, window_s)
+        try:
+            decision = await self._primary.hit(key, limit, window_s)
+        except (TimeoutError, RedisError, OSError) as exc:
+            if self._down_until is None:
+                logger.warning("rate_limiter_redis_unavailable", error=repr(exc), fallback="in-process")
+            self._down_until = self._clock() + self._retry_after_s
+            return await self._hit_fallback(key, limit, window_s)
+        if self._down_until is not None:
+            self._down_until = None
+            logger.info("rate_limiter_redis_recovered")
+        return decision
+
+    async def _hit_fallback(self, key: str, limit: int, window_s: int) -> RateDecision:
+        self.fallback_hits += 1
+        return await self._fallback.hit(key, limit, window_s)

@@ -11,7 +11,7 @@ from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.auth.models import User
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import BadRequest, Forbidden, NotFound
-from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.payments.models import LedgerKind
 from chargeghar_core.payments.providers import PaymentProviders, parse_captured_webhook
 from chargeghar_core.payments.repository import PaymentRepository, WalletRepository
@@ -33,7 +33,6 @@ from chargeghar_core.renters.dependencies import CurrentRenter
 router = APIRouter(tags=["payments"])
 admin_router = APIRouter(tags=["payments admin"])
 
-PageNumber = Annotated[int, Query(ge=1)]
 PageSize = Annotated[int, Query(ge=1, le=100)]
 WEBHOOK_SIGNATURE_HEADER = "X-Razorpay-Signature"
 

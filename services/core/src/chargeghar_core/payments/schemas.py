@@ -35,7 +35,8 @@ class LedgerEntryOut(BaseModel):
 
 
 class TopupRequest(BaseModel):
-    amount_paisa: int = Field(gt=0)
+    # At most 100,000 NPR per top-up: a sane ceiling, and far from any BIGINT overflow of the balance.
+    amount_paisa: int = Field(gt=0, le=10_000_000)
     provider: str | None = Field(default=None, max_length=32)
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import Conflict
-from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.powerbanks.models import PowerBankModel
 from chargeghar_core.powerbanks.repository import PowerBankRepository
 from chargeghar_core.powerbanks.schemas import PowerBankModelCreate, PowerBankModelView, PowerBankView
@@ -26,7 +26,7 @@ async def list_power_banks(
     status: PowerBankStatus | None = None,
     station_id: uuid.UUID | None = None,
     search: Annotated[str | None, Query(max_length=64)] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Envelope[Page[PowerBankView]]:
     banks, total = await PowerBankRepository(session).search_banks(

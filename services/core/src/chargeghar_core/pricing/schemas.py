@@ -8,6 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chargeghar_core.kit.schemas import non_null
+
+# Upper bounds: far above any real tariff (100,000 NPR), far below what a BIGINT sum could overflow.
+MAX_PRICE_PAISA = 10_000_000
+
 PaymentModelName = Literal["PREPAID", "POSTPAID"]
 
 
@@ -15,18 +20,22 @@ class PackageIn(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=500)
     duration_minutes: int = Field(gt=0, le=7 * 24 * 60)
-    price_paisa: int = Field(ge=0)
+    price_paisa: int = Field(ge=0, le=MAX_PRICE_PAISA)
     payment_model: PaymentModelName = "PREPAID"
     is_active: bool = True
     late_fee_policy_id: uuid.UUID | None = None
 
 
 class PackageUpdate(BaseModel):
+    """Omitted fields are left unchanged; ``late_fee_policy_id: null`` removes the policy."""
+
     name: str | None = Field(default=None, min_length=1, max_length=100)
     description: str | None = Field(default=None, max_length=500)
-    price_paisa: int | None = Field(default=None, ge=0)
+    price_paisa: int | None = Field(default=None, ge=0, le=MAX_PRICE_PAISA)
     is_active: bool | None = None
     late_fee_policy_id: uuid.UUID | None = None
+
+    _not_null = non_null("name", "description", "price_paisa", "is_active")
 
 
 class PackageOut(BaseModel):
@@ -45,9 +54,9 @@ class PackageOut(BaseModel):
 class PolicyIn(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     rate_multiplier_bp: int = Field(default=10000, ge=0, le=1_000_000)
-    flat_per_hour_paisa: int = Field(default=0, ge=0)
+    flat_per_hour_paisa: int = Field(default=0, ge=0, le=MAX_PRICE_PAISA)
     grace_minutes: int = Field(default=0, ge=0, le=24 * 60)
-    daily_cap_paisa: int | None = Field(default=None, ge=0)
+    daily_cap_paisa: int | None = Field(default=None, ge=0, le=MAX_PRICE_PAISA)
     is_default: bool = False
 
 

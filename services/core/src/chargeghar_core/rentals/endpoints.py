@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
-from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.rentals.errors import PopupFailed, RentalNotFound, StationUnavailable
 from chargeghar_core.rentals.models import Rental, RentalStatus
 from chargeghar_core.rentals.popup import RentalStarter
@@ -32,7 +32,6 @@ from chargeghar_core.renters.dependencies import CurrentRenter
 router = APIRouter(tags=["rentals"])
 admin_router = APIRouter(tags=["rentals admin"])
 
-PageNumber = Annotated[int, Query(ge=1)]
 PageSize = Annotated[int, Query(ge=1, le=100)]
 
 

@@ -40,8 +40,11 @@ class RentalStarter:
                 await session.rollback()
                 raise
         task = self.runtime.spawn(self.pop_and_settle(rental), name=f"popup:{rental.id}")
+        # Shielded: the settlement goes on after the wait. asyncio.timeout, not wait_for: on Python 3.11
+        # wait_for drops a cancellation of the request that arrives in the step the settlement ends.
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.settings.start_wait_s)
+            async with asyncio.timeout(self.settings.start_wait_s):
+                return await asyncio.shield(task)
         except TimeoutError:
             return rental
 

@@ -12,7 +12,7 @@ from chargeghar_core.auth.dependencies import StaffUser, get_token_service
 from chargeghar_core.auth.service import RefreshTokenReused
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import error_response
-from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.renters.dependencies import CurrentRenter
 from chargeghar_core.renters.repository import RenterRepository
 from chargeghar_core.renters.schemas import (
@@ -81,7 +81,7 @@ async def renters(
     session: DbSession,
     _staff: StaffUser,
     search: Annotated[str | None, Query(max_length=100)] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> Envelope[Page[RenterOut]]:
     rows, total = await RenterRepository(session).search(

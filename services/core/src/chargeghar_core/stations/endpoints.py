@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
-from chargeghar_core.kit.schemas import Envelope, Page
+from chargeghar_core.kit.schemas import Envelope, Offset, Page, PageNumber
 from chargeghar_core.stations.models import Station, SyncOutcome
 from chargeghar_core.stations.repository import StationRepository
 from chargeghar_core.stations.schemas import (
@@ -35,7 +35,6 @@ SearchText = Annotated[
 Latitude = Annotated[float | None, Query(ge=-90, le=90, description="Your latitude (sorts by distance)")]
 Longitude = Annotated[float | None, Query(ge=-180, le=180, description="Your longitude")]
 RadiusKm = Annotated[float | None, Query(gt=0, le=500, description="Only stations within this distance")]
-PageNumber = Annotated[int, Query(ge=1)]
 PageSize = Annotated[int, Query(ge=1, le=100)]
 
 
@@ -177,7 +176,7 @@ async def admin_station_sync_logs(
     session: DbSession,
     outcome: SyncOutcome | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Envelope[list[SyncLogView]]:
     rows = await StationRepository(session).sync_logs(
         station_id, outcome=outcome.value if outcome else None, limit=limit, offset=offset
@@ -195,7 +194,7 @@ async def admin_station_status_history(
     _staff: StaffUser,
     session: DbSession,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Envelope[list[StatusHistoryView]]:
     rows = await StationRepository(session).history(station_id, limit=limit, offset=offset)
     return Envelope(message="Status history", data=[StatusHistoryView.model_validate(row) for row in rows])

@@ -120,4 +120,5 @@ class SyncLog(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     duration_ms: Mapped[float] = mapped_column(default=0.0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed for the retention job, which deletes by age across all stations.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
