@@ -6,6 +6,8 @@ SHELL := /bin/bash
 # system Python, so PEP 668 "externally managed" Pythons work), and picks one Python 3.11+ for .venv.
 UV := scripts/uv
 PYTEST_ARGS ?=
+# e.g. make dev DEV_ARGS='--stations 50 --fresh' (python scripts/dev.py --help lists them)
+DEV_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
@@ -17,7 +19,7 @@ install: ## Create .venv and install every workspace package from uv.lock
 
 .PHONY: dev
 dev: install ## Run the whole system locally: embedded broker, core (SQLite), ingest, 10 simulated stations
-	$(UV) run python scripts/dev.py
+	$(UV) run python scripts/dev.py $(DEV_ARGS)
 
 .PHONY: test
 test: install ## Run the test suite (tests needing an absent server are skipped, with the reason)

@@ -103,3 +103,29 @@ def test_auto_migrate_defaults_to_development_only(monkeypatch: pytest.MonkeyPat
     assert Settings(environment="test").auto_migrate is False
     monkeypatch.setenv("CORE_DB__AUTO_MIGRATE", "true")
     assert Settings(environment="test").auto_migrate is True
+
+
+def test_create_admin_on_an_unmigrated_database_explains_instead_of_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "var").mkdir()
+    monkeypatch.setenv("CORE_DB__URL", f"sqlite+aiosqlite:///{tmp_path / 'var' / 'empty.sqlite3'}")
+    from chargeghar_core.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers())
+        create = parser.parse_args(["create-admin", "--email", "a@example.com", "--password", "long-enough"])
+        assert create.func(create) == 1
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert "no such table: users" in error and "chargeghar core-migrate" in error
+    assert "Traceback" not in error
+
+
+def test_the_default_database_is_the_one_make_dev_uses() -> None:
+    from chargeghar_core.settings import DatabaseSettings
+
+    assert DatabaseSettings().url == "sqlite+aiosqlite:///./var/dev/core.sqlite3"

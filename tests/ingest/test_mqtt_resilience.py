@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from chargeghar_ingest.settings import MqttSettings
 from chargeghar_ingest.transport import InboundMessage, MqttConnection, MqttTransport
 from chargeghar_protocol.codec import Heartbeat
 from ingest_harness import UPLOAD_FRAME, free_tcp_port, running_ingest, wait_until
@@ -159,15 +160,36 @@ async def test_two_replicas_on_one_shared_subscription_handle_each_message_once(
         assert len(set(ids)) == total
 
 
-async def test_persistent_session_delivers_what_arrived_while_the_ingest_was_down(
+def test_default_mqtt_settings_resume_one_session_and_reconnect_within_seconds() -> None:
+    """What a user gets without configuring anything: the same client id after a restart (the broker keeps
+    the session under it), a persistent session, QoS 1, and a reconnect backoff of a few seconds at most."""
+    first, second = MqttSettings(), MqttSettings()
+    assert first.client_id == second.client_id == f"ingest-{socket.gethostname()}"
+    assert first.persistent_session and first.session_expiry_s > 0 and first.subscribe_qos == 1
+
+    async def ignore(message: InboundMessage) -> None:
+        return None
+
+    transport = MqttTransport(
+        MqttConnection(first.host, first.port, first.client_id),
+        subscriptions=[],
+        handler=ignore,
+        reconnect_initial_s=first.reconnect_initial_s,
+        reconnect_max_s=first.reconnect_max_s,
+    )
+    delays = [transport._backoff(failures) for failures in range(1, 40) for _ in range(20)]
+    assert max(delays) <= 5.0, "after a long broker outage the ingest must not lag the stations"
+    assert len({round(d, 6) for d in delays[-100:]}) > 1, "jitter: replicas must not reconnect in lockstep"
+
+
+async def test_default_session_delivers_what_arrived_while_the_ingest_was_down(
     tmp_path: Path, mqtt_broker: tuple[str, int], mqtt_is_embedded: bool, topic_prefix: str
 ) -> None:
     if mqtt_is_embedded:
         pytest.skip("relies on Mosquitto's queueing for offline persistent sessions")
+    # Only the client id is pinned (the default, ingest-<hostname>, is shared by every test on this host).
     client_id = f"ingest-persistent-{uuid.uuid4().hex[:8]}"
-    settings = mqtt_settings(
-        tmp_path, mqtt_broker, topic_prefix, mqtt={"client_id": client_id, "persistent_session": True}
-    )
+    settings = mqtt_settings(tmp_path, mqtt_broker, topic_prefix, mqtt={"client_id": client_id})
     stations = [f"8646010699{n:05d}" for n in range(5)]
     async with running_ingest(settings) as ingest:
         assert ingest.runtime.transport is not None and await ingest.runtime.transport.wait_connected(10)
@@ -201,7 +223,10 @@ async def test_transport_stops_when_cancelled_at_any_moment(
     rng = random.Random(7)
     for attempt in range(60):
         transport = MqttTransport(
-            MqttConnection(mqtt_broker[0], mqtt_broker[1], f"cancel-{uuid.uuid4().hex[:8]}"),
+            # Throwaway ids: no session left behind on the shared broker for each of the 60 attempts.
+            MqttConnection(
+                mqtt_broker[0], mqtt_broker[1], f"cancel-{uuid.uuid4().hex[:8]}", persistent_session=False
+            ),
             subscriptions=[(f"{topic_prefix}/powerbank/+/user/update", 1)],
             handler=ignore,
         )

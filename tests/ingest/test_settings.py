@@ -12,9 +12,10 @@ from chargeghar_ingest.settings import IngestSettings
 from pydantic import ValidationError
 
 SECRETS = {
-    "INGEST_CORE__PASSWORD": "real-password",
-    "INGEST_CORE__HMAC_SECRET": "real-hmac",
-    "INGEST_DEVICE__CREDENTIAL_SECRET": "real-device-secret",
+    # Production wants 32+ characters (deploy/*.env.example suggest `openssl rand -hex 32`).
+    "INGEST_CORE__PASSWORD": "real-password-7f3a9c2e5b8d1f4a6c0e9b2d",
+    "INGEST_CORE__HMAC_SECRET": "real-hmac-5c8e1a7f3b9d2c6e0a4f8b1d",
+    "INGEST_DEVICE__CREDENTIAL_SECRET": "real-device-secret-9a2c4e6f8b0d1f3a",
 }
 
 
@@ -44,8 +45,8 @@ def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch)
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     settings = IngestSettings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.core.hmac_secret.get_secret_value() == "real-hmac"
-    assert "real-hmac" not in repr(settings)
+    assert settings.core.hmac_secret.get_secret_value() == SECRETS["INGEST_CORE__HMAC_SECRET"]
+    assert SECRETS["INGEST_CORE__HMAC_SECRET"] not in repr(settings)
 
 
 def test_derived_credentials_are_stable_and_per_device() -> None:

@@ -78,6 +78,8 @@ def _create_service_account(args: argparse.Namespace) -> int:
 
 
 def _create_account(args: argparse.Namespace, role: Role) -> int:
+    from sqlalchemy.exc import DBAPIError
+
     from chargeghar_core.auth.accounts import create_account
     from chargeghar_core.kit.errors import CoreError
     from chargeghar_core.settings import get_settings
@@ -86,10 +88,21 @@ def _create_account(args: argparse.Namespace, role: Role) -> int:
     if len(password) < 8:
         print("The password must have at least 8 characters", file=sys.stderr)
         return 2
+    settings = get_settings()
     try:
-        user_id = asyncio.run(create_account(get_settings(), args.email, password, role, args.full_name))
+        user_id = asyncio.run(create_account(settings, args.email, password, role, args.full_name))
     except CoreError as exc:
         print(exc.message, file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        # Usually a database nobody migrated yet ("no such table: users", "relation … does not exist").
+        print(
+            f"cannot write the account to {_safe_url(settings.db.url)}: {str(exc.orig).splitlines()[0]}\n"
+            "Is this the right database (CORE_DB__URL), and is it migrated? "
+            "Run `chargeghar core-migrate` (or `make migrate`) first; "
+            "`make dev` migrates var/dev/core.sqlite3.",
+            file=sys.stderr,
+        )
         return 1
     print(f"created {role.value} account {args.email} ({user_id})")
     return 0
@@ -156,6 +169,13 @@ async def _ensure_accounts(settings: Settings, wanted: list[tuple[Role, str, str
             await session.commit()
     finally:
         await engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ MIN_PRODUCTION_SECRET_LENGTH = 32
 
 class DatabaseSettings(BaseModel):
     url: str = Field(
-        default="sqlite+aiosqlite:///./var/core.sqlite3",
+        # The same file `make dev` uses, so CLI commands run from the checkout find the dev database.
+        default="sqlite+aiosqlite:///./var/dev/core.sqlite3",
         description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db",
     )
     pool_size: int = Field(default=10, ge=1)

@@ -36,7 +36,7 @@ from chargeghar_protocol.events import (
 
 from chargeghar_ingest.commands import CommandService
 from chargeghar_ingest.metrics import Metrics
-from chargeghar_ingest.pipeline import EventRecorder, utc_now
+from chargeghar_ingest.pipeline import EventRecorder, plausible_station_id, utc_now
 from chargeghar_ingest.spool import Spool
 from chargeghar_ingest.transport import InboundMessage
 
@@ -65,7 +65,9 @@ def parse_device_topic(topic: str, topic_prefix: str) -> DeviceTopic | None:
         return None
     parts = topic[len(topic_prefix) :].split("/")
     # ["", "powerbank", "<imei>", "user", "<leaf>"] — the leading slash gives the empty first part.
-    if len(parts) != 5 or parts[0] != "" or parts[1] != "powerbank" or parts[3] != "user" or not parts[2]:
+    if len(parts) != 5 or parts[0] != "" or parts[1] != "powerbank" or parts[3] != "user":
+        return None
+    if not plausible_station_id(parts[2]):  # a bad identity is dead-lettered as a bad topic, never spooled
         return None
     if parts[4] not in DEVICE_TOPIC_LEAVES:
         return None

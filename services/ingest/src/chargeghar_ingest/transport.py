@@ -62,15 +62,16 @@ class MqttConnection:
     keepalive_s: int = 60
     # Keep the broker session across reconnects/restarts (needs a stable client_id): QoS 1 messages that
     # arrive while the ingest is away are queued by the broker and delivered when it is back.
-    persistent_session: bool = False
-    session_expiry_s: int = 7200
+    persistent_session: bool = True
+    session_expiry_s: int = 86400
 
 
 class MqttTransport:
     """One broker connection used for both consuming and publishing, reconnecting forever.
 
-    Every (re)connect subscribes again to every topic: with a clean session the broker forgets
-    subscriptions when the connection drops (the legacy bridge's silent-consumer bug, protocol.md §10.23).
+    Every (re)connect subscribes again to every topic: with a clean session (or a broker that lost the
+    persistent one) the broker forgets subscriptions when the connection drops (the legacy bridge's
+    silent-consumer bug, protocol.md §10.23). Subscribing again to a kept session changes nothing.
     """
 
     def __init__(
@@ -80,7 +81,7 @@ class MqttTransport:
         subscriptions: Sequence[tuple[str, int]],
         handler: MessageHandler,
         reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
+        reconnect_max_s: float = 5.0,
         workers: int = 1,
         worker_queue_size: int = 64,
         ordering_key: OrderingKey | None = None,
@@ -106,8 +107,10 @@ class MqttTransport:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout_s: float) -> bool:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the caller's cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
         return self._connected.is_set()
 
     def _new_client(self) -> aiomqtt.Client:
@@ -157,9 +160,10 @@ class MqttTransport:
         while True:
             try:
                 async with self._new_client() as client:
+                    _raise_if_cancel_was_swallowed()
                     for topic, qos in self._subscriptions:
                         await client.subscribe(topic, qos=qos)
-                    _raise_if_cancel_was_swallowed()
+                        _raise_if_cancel_was_swallowed()
                     self._client = client
                     self._connected.set()
                     self.connect_count += 1
@@ -175,6 +179,8 @@ class MqttTransport:
                         await self._enqueue(client, message)
                         _raise_if_cancel_was_swallowed()
             except aiomqtt.MqttError as exc:
+                # A cancellation that raced with the failure wins: no reconnect after shutdown began.
+                _raise_if_cancel_was_swallowed()
                 failures += 1
                 delay = self._backoff(failures)
                 log.warning("mqtt.disconnected", error=str(exc), retry_in_s=round(delay, 2))
@@ -186,7 +192,8 @@ class MqttTransport:
                 self._client = None
 
     def _backoff(self, failures: int) -> float:
-        # Capped exponential with full jitter on the upper half, so replicas do not reconnect in lockstep.
+        # Capped exponential with equal jitter (half fixed, half random), so replicas do not reconnect in
+        # lockstep; the cap stays a few seconds so the ingest is back before the stations after an outage.
         ceiling = min(self._reconnect_max_s, self._reconnect_initial_s * (2 ** min(failures - 1, 20)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 

@@ -129,7 +129,7 @@ async def migrate(settings: DatabaseSettings, revision: str = "head") -> None:
 
 
 def ensure_sqlite_directory(url: str) -> None:
-    # sqlite+aiosqlite:///./var/core.sqlite3 → ./var must exist before the first connect.
+    # sqlite+aiosqlite:///./var/dev/core.sqlite3 → ./var/dev must exist before the first connect.
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
