@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import structlog
@@ -25,6 +26,7 @@ from chargeghar_core.kit.errors import install_error_handlers
 from chargeghar_core.kit.guard import RequestGuardMiddleware
 from chargeghar_core.kit.logging import CorrelationIdMiddleware, configure_logging
 from chargeghar_core.kit.migrate import ensure_sqlite_directory, upgrade_database
+from chargeghar_core.kit.openapi import install_openapi, serve_docs_locally
 from chargeghar_core.kit.ratelimit import (
     FallbackRateLimiter,
     InProcessRateLimiter,
@@ -39,6 +41,42 @@ from chargeghar_core.stations.endpoints import admin_router as stations_admin_ro
 from chargeghar_core.stations.endpoints import router as stations_router
 
 logger = structlog.get_logger(__name__)
+
+INTERNAL_PREFIXES = ("/api/internal/",)
+
+API_DESCRIPTION = """\
+Every answer is an envelope: `{"success": true, "message": "...", "data": {...}}`, or on error
+`{"success": false, "message": "<human text>", "error": "<CODE>", "details": {...}}` with the HTTP status
+documented for each operation. Bad input is a **400** `VALIDATION_ERROR` whose `details` map field paths to
+messages (never FastAPI's 422). A **503** (`DATABASE_UNAVAILABLE`, `REDIS_UNAVAILABLE`) carries `Retry-After`.
+
+Authentication: a bearer JWT (staff/service accounts: `POST /api/admin/login`; renters:
+`POST /api/renters/login`). The internal station-data endpoints also need an HMAC signature of the raw body
+(`X-Signature`, `X-Timestamp`; contract.md §2).
+"""
+
+OPENAPI_TAGS: list[dict[str, Any]] = [
+    {"name": "health", "description": "Liveness and readiness probes for orchestrators."},
+    {"name": "auth", "description": "Staff and service-account login; token refresh (rotating)."},
+    {
+        "name": "internal",
+        "description": "Station events from the ingest (bearer + HMAC-signed, contract.md §2).",
+    },
+    {"name": "stations", "description": "Public station map and station detail."},
+    {"name": "admin: stations", "description": "Station configuration, sync log and status history (staff)."},
+    {
+        "name": "admin: power banks",
+        "description": "Power-bank inventory and the serial-prefix model table (staff).",
+    },
+    {"name": "renters", "description": "Renter sign-up, login and profile."},
+    {"name": "renters admin", "description": "Renter accounts (staff)."},
+    {"name": "pricing", "description": "Rental packages on offer."},
+    {"name": "pricing admin", "description": "Packages, late-fee policies and station discounts (staff)."},
+    {"name": "payments", "description": "Wallet, top-ups and the payment provider's webhook."},
+    {"name": "payments admin", "description": "Manual wallet adjustments (staff)."},
+    {"name": "rentals", "description": "Start, extend, cancel and look up rentals (renter)."},
+    {"name": "rentals admin", "description": "All rentals; ending one by hand (staff)."},
+]
 
 
 def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = None) -> FastAPI:
@@ -100,14 +138,18 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
             await engine.dispose()
             logger.info("core_stopped")
 
+    openapi_url = "/openapi.json"
     app = FastAPI(
         title="ChargeGhar core",
         version="0.1.0",
-        summary="Stations, slots, power banks and the internal station-data endpoint",
+        summary="Stations, slots, power banks, renters, rentals, payments and the internal station-data API",
+        description=API_DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        # Served by serve_docs_locally instead: FastAPI's pages load Swagger UI / ReDoc from a CDN.
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=openapi_url if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.tokens = TokenService(settings.jwt)
@@ -118,7 +160,7 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     # their bodies themselves, after the signature over the raw bytes (contract.md §2 order).
     app.add_middleware(
         RequestGuardMiddleware,
-        skip_body_prefixes=("/api/internal/",),
+        skip_body_prefixes=INTERNAL_PREFIXES,
         max_body_bytes=settings.max_body_bytes,
     )
     app.add_middleware(CorrelationIdMiddleware)
@@ -130,4 +172,7 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.include_router(powerbanks_router)
     # Renters, pricing, payments, rentals: routers, station-event hooks (unless given), jobs in the lifespan.
     install_rentals(app, install_hooks=hooks is None)
+    install_openapi(app, internal_prefixes=INTERNAL_PREFIXES)
+    if settings.docs_enabled:
+        serve_docs_locally(app, openapi_url=openapi_url)
     return app

@@ -9,16 +9,23 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from chargeghar_core.kit.errors import error_body
+from chargeghar_core.kit.openapi import errors
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
+@router.get("/health", summary="Liveness: the process answers (no dependency is checked)")
 async def health() -> dict[str, Any]:
     return {"success": True, "message": "ok", "data": {"status": "ok"}}
 
 
-@router.get("/health/ready", summary="Readiness: the database (and Redis when configured) answer")
+@router.get(
+    "/health/ready",
+    summary="Readiness: the database (and Redis when configured) answer",
+    responses=errors(
+        (503, "SERVICE_UNAVAILABLE", "Not ready: `details.checks` names the dependency that failed")
+    ),
+)
 async def ready(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

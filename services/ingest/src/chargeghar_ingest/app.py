@@ -23,6 +23,7 @@ from chargeghar_ingest.consumer import DeviceMessageRouter, device_subscriptions
 from chargeghar_ingest.forwarder import CoreClient, Forwarder
 from chargeghar_ingest.locks import MemoryStationLock, RedisStationLock, StationLock
 from chargeghar_ingest.metrics import Metrics
+from chargeghar_ingest.openapi import install_openapi, serve_docs_locally
 from chargeghar_ingest.pipeline import EventRecorder
 from chargeghar_ingest.presence import MemoryPresenceStore, PresenceStore, RedisPresenceStore
 from chargeghar_ingest.replies import MemoryReplyBroker, RedisReplyBroker, ReplyBroker, ReplyCallback
@@ -254,10 +255,25 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             app.state.runtime = runtime
             yield
 
+    openapi_url = "/openapi.json"
     app = FastAPI(
         title="ChargeGhar ingest",
-        description="Device HTTP endpoints, MQTT consumer, durable forwarding to core, command API",
+        version="0.1.0",
+        description=(
+            "Device HTTP endpoints (answered at once in the vendor envelope, events spooled and forwarded to "
+            "core), the command API core uses to reach stations (HMAC-signed, contract.md §3), and the "
+            "operations endpoints."
+        ),
+        openapi_tags=[
+            {"name": "devices", "description": "Called by the cabinets' firmware and by EMQX."},
+            {"name": "commands", "description": "Core → station commands (signed)."},
+            {"name": "operations", "description": "Health, metrics, dead letters and re-drive (signed)."},
+        ],
         lifespan=lifespan,
+        # Served by serve_docs_locally instead: FastAPI's pages load Swagger UI / ReDoc from a CDN.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=openapi_url,
     )
 
     @app.middleware("http")
@@ -274,4 +290,6 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(device_api.router, tags=["devices"])
     app.include_router(command_api.router, tags=["commands"])
     app.include_router(ops_api.router, tags=["operations"])
+    install_openapi(app)
+    serve_docs_locally(app, openapi_url=openapi_url)
     return app

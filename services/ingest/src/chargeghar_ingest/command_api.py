@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from chargeghar_protocol.contract import (
     CommandRequest,
+    CommandResult,
     ErrorEnvelope,
     SuccessEnvelope,
     validation_error_details,
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from chargeghar_ingest.commands import CommandRejected
+from chargeghar_ingest.openapi import SIGNATURE_ERRORS, SIGNED_SECURITY, error_response
 from chargeghar_ingest.runtime import IngestRuntime
 
 log = structlog.get_logger(__name__)
@@ -34,7 +36,81 @@ def error(status: int, code: str, message: str, details: dict[str, Any] | None =
     )
 
 
-@router.post("/internal/devices/{imei}/commands")
+def _command_body_schema() -> dict[str, Any]:
+    """The request model's schema, with what each field means (the body is read raw: it is signed)."""
+    schema = CommandRequest.model_json_schema()
+    meaning = {
+        "cmd": "The device command (protocol.md §5)",
+        "data": "popup_sn: the bank's decimal serial; popup: slot 1-255; setMode: wifi|4g; volume: 0-100",
+        "io": 'popup: "0" or "1" (which side of a double cabinet); defaults to "0"',
+        "username": "setWifi: the SSID",
+        "password": "setWifi: the Wi-Fi password (masked in the audit log)",
+        "command_id": "Idempotency key: a command_id sent before is refused (409 CONFLICT), never resent",
+        "timeout_s": "How long to wait for the device's reply (at most the configured maximum)",
+    }
+    for name, text in meaning.items():
+        schema["properties"][name]["description"] = text
+    return schema
+
+
+COMMAND_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A command, signed over these exact bytes (contract.md §3)",
+        "content": {
+            "application/json": {
+                "schema": _command_body_schema(),
+                "examples": {
+                    "eject a power bank": {
+                        "value": {
+                            "cmd": "popup_sn",
+                            "data": "40818052",
+                            "command_id": "3f2b6c1a-9d4e-4f1a-8b2c-7e6d5c4b3a21",
+                            "timeout_s": 15,
+                        }
+                    },
+                    "eject from a slot": {"value": {"cmd": "popup", "data": "3", "io": "0"}},
+                    "ask for a snapshot": {"value": {"cmd": "check"}},
+                },
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": CALLER_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "Who asks (kept in the audit log); defaults to core",
+        }
+    ],
+    "security": SIGNED_SECURITY,
+}
+
+
+@router.post(
+    "/internal/devices/{imei}/commands",
+    summary="Send a command to a station and wait for its reply",
+    description=(
+        "One command in flight per station (across replicas); the station must be online. Ejects "
+        "(`popup_sn`, `popup`) go out at QoS 0 and are never retried. The answer is 200 whatever the device "
+        "did: `data.outcome` is `ok`, `failed` or `timeout` (a late reply still reaches core as a "
+        "`command_result` event)."
+    ),
+    response_model=SuccessEnvelope[CommandResult],
+    responses={
+        **SIGNATURE_ERRORS,
+        400: error_response(
+            "VALIDATION_ERROR", "INVALID_TIMESTAMP, or VALIDATION_ERROR: a bad imei or command (field paths)"
+        ),
+        409: error_response(
+            "DEVICE_BUSY",
+            "DEVICE_BUSY (another command in flight), DEVICE_OFFLINE, or CONFLICT (command_id sent before)",
+        ),
+        503: error_response("SERVICE_UNAVAILABLE", "Redis (station lock, presence) unavailable; retry later"),
+    },
+    openapi_extra=COMMAND_DOC,
+)
 async def send_command(imei: str, request: Request) -> JSONResponse:
     runtime: IngestRuntime = request.app.state.runtime
     settings = runtime.settings

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from chargeghar_ingest.credentials import check_credentials, derive_credentials
 from chargeghar_ingest.logs import hex_prefix
+from chargeghar_ingest.openapi import DEVICE_ERRORS
 from chargeghar_ingest.pipeline import clean_device_text, plausible_station_id, utc_now
 from chargeghar_ingest.runtime import IngestRuntime
 
@@ -44,16 +45,22 @@ router = APIRouter()
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def device_route(*paths: str) -> Callable[[Endpoint], Endpoint]:
+def device_route(*paths: str, summary: str) -> Callable[[Endpoint], Endpoint]:
     """Register a handler for GET and POST on every path (the firmware uses both), with one OpenAPI
-    operation per method and path so that the operation ids stay unique."""
+    operation per method and path so that the operation ids stay unique. Every answer is the vendor
+    envelope; the handler's docstring is the operation's description."""
 
     def register(endpoint: Endpoint) -> Endpoint:
         for path in paths:
             slug = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
             for method in ("GET", "POST"):
                 router.add_api_route(
-                    path, endpoint, methods=[method], operation_id=f"{slug}_{method.lower()}"
+                    path,
+                    endpoint,
+                    methods=[method],
+                    operation_id=f"{slug}_{method.lower()}",
+                    summary=summary,
+                    responses=DEVICE_ERRORS,
                 )
         return endpoint
 
@@ -287,7 +294,9 @@ def runtime_of(request: Request) -> IngestRuntime:
 # ------------------------------------------------------------------------------------------------ connect
 
 
-@device_route("/api/iot/client/con", "/api/rentbox/client/connect")
+@device_route(
+    "/api/iot/client/con", "/api/rentbox/client/connect", summary="Station start-up: get MQTT credentials"
+)
 async def connect(request: Request) -> Response:
     """Hand the station its MQTT connection: ``clientId,productKey,host,port,user,password,timestampMs``."""
     runtime = runtime_of(request)
@@ -342,7 +351,7 @@ class BrokerAuthRequest(BaseModel):
     password: str = ""
 
 
-@router.post("/api/emqx/auth")
+@router.post("/api/emqx/auth", summary="EMQX HTTP authentication of an MQTT login")
 async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, str]:
     """EMQX HTTP authentication: allow a station that presents its derived credentials, and the ingest
     itself with its own ``INGEST_MQTT__USERNAME`` / ``INGEST_MQTT__PASSWORD``.
@@ -376,7 +385,9 @@ async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, st
 # ------------------------------------------------------------------------------------------------ upload
 
 
-@device_route("/api/rentbox/upload/data", "/api/rentbox/client/upload")
+@device_route(
+    "/api/rentbox/upload/data", "/api/rentbox/client/upload", summary="Station upload of a full snapshot"
+)
 async def upload(request: Request) -> Response:
     """Periodic full-cabinet upload: raw 0x10 frame body → ``full`` event."""
     runtime = runtime_of(request)
@@ -427,7 +438,7 @@ async def upload(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------------ return
 
 
-@device_route("/api/rentbox/order/return")
+@device_route("/api/rentbox/order/return", summary="Station report of a returned power bank")
 async def order_return(request: Request) -> Response:
     """Successful return notice → ``returned`` event (deduplicated against the MQTT 0x40 report)."""
     runtime = runtime_of(request)
@@ -471,7 +482,7 @@ async def order_return(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------------ config
 
 
-@device_route("/api/rentbox/config/data")
+@device_route("/api/rentbox/config/data", summary="Station parameters (JSON string in `data`)")
 async def config_data(request: Request) -> Response:
     """Station parameters as a JSON *string* (the firmware expects it string-encoded)."""
     runtime = runtime_of(request)

@@ -10,11 +10,12 @@ import structlog
 from chargeghar_protocol.contract import validation_error_details
 from chargeghar_protocol.signing import SignatureError, verify_request_signature
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chargeghar_ingest.command_api import CALLER_HEADER, SERVICE_TOKEN_HEADER, error
 from chargeghar_ingest.metrics import Metrics
+from chargeghar_ingest.openapi import SIGNATURE_ERRORS, SIGNED_SECURITY, error_response
 from chargeghar_ingest.runtime import IngestRuntime
 from chargeghar_ingest.spool import PARKED, RedrivenEvent
 
@@ -41,7 +42,7 @@ async def _gauges(runtime: IngestRuntime) -> dict[str, float]:
     }
 
 
-@router.get("/health")
+@router.get("/health", summary="Liveness plus MQTT, Redis and spool state at a glance")
 async def health(request: Request) -> JSONResponse:
     """Liveness plus what an operator wants at a glance; 200 even while MQTT reconnects (devices can
     still upload over HTTP and everything is spooled)."""
@@ -58,14 +59,19 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics_text(request: Request) -> Response:
     runtime = _runtime(request)
     values = runtime.metrics.snapshot(await _gauges(runtime))
     return Response(Metrics.render_prometheus(values), media_type="text/plain; version=0.0.4")
 
 
-@router.get("/metrics.json")
+@router.get("/metrics.json", summary="The same metrics as one JSON object")
 async def metrics_json(request: Request) -> JSONResponse:
     runtime = _runtime(request)
     return JSONResponse(runtime.metrics.snapshot(await _gauges(runtime)))
@@ -105,7 +111,22 @@ def _refuse_unsigned(runtime: IngestRuntime, request: Request, body: bytes) -> J
     return None
 
 
-@router.get("/internal/ops/dead-letters")
+@router.get(
+    "/internal/ops/dead-letters",
+    summary="Newest dead letters and parked events (signed)",
+    responses={
+        200: {
+            "description": "`data.items`: id, time, source, station, reason, detail, event id/type, raw size",
+            "content": {
+                "application/json": {
+                    "example": {"success": True, "message": "0 dead letters", "data": {"items": []}}
+                }
+            },
+        },
+        **SIGNATURE_ERRORS,
+    },
+    openapi_extra={"security": SIGNED_SECURITY},
+)
 async def list_dead_letters(
     request: Request, reason: str | None = None, station: str | None = None, limit: int = 100
 ) -> JSONResponse:
@@ -133,7 +154,45 @@ async def list_dead_letters(
     return JSONResponse({"success": True, "message": f"{len(items)} dead letters", "data": {"items": items}})
 
 
-@router.post("/internal/ops/redrive")
+@router.post(
+    "/internal/ops/redrive",
+    summary="Re-drive parked (or refused) events to core (signed)",
+    responses={
+        200: {
+            "description": "`data.count` and `data.redriven` (dead-letter id, event id, station, spool seq)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "success": True,
+                        "message": "0 events re-driven",
+                        "data": {"count": 0, "redriven": []},
+                    }
+                }
+            },
+        },
+        **SIGNATURE_ERRORS,
+        400: error_response(
+            "VALIDATION_ERROR", "INVALID_TIMESTAMP, or VALIDATION_ERROR: name ids, a station, or all_parked"
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "What to re-drive, signed over these exact bytes",
+            "content": {
+                "application/json": {
+                    "schema": RedriveRequest.model_json_schema(),
+                    "examples": {
+                        "by id": {"value": {"ids": [17, 18]}},
+                        "one station": {"value": {"station": "864601069946994"}},
+                        "everything parked": {"value": {"all_parked": True}},
+                    },
+                }
+            },
+        },
+        "security": SIGNED_SECURITY,
+    },
+)
 async def redrive(request: Request) -> JSONResponse:
     """Put parked (or refused) events back into the spool at their original place, attempts reset."""
     runtime = _runtime(request)

@@ -14,8 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from chargeghar_core.auth.models import Role
 from chargeghar_core.auth.tokens import TokenClaims, TokenService
 from chargeghar_core.kit.errors import Forbidden, Unauthorized
+from chargeghar_core.kit.openapi import BEARER_SCHEME, answers
 
-_bearer = HTTPBearer(auto_error=False, description="Access token from /api/admin/login")
+# auto_error=False: a missing token is our 401 envelope, not FastAPI's bare 403.
+_bearer = HTTPBearer(auto_error=False, scheme_name=BEARER_SCHEME)
 
 INTERNAL_ROLES = frozenset({Role.ADMIN, Role.STAFF, Role.SERVICE})
 STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
@@ -26,6 +28,7 @@ def get_token_service(request: Request) -> TokenService:
     return service
 
 
+@answers((401, "UNAUTHORIZED", "Missing, malformed, expired or revoked bearer token; log in again"))
 async def current_claims(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -35,12 +38,14 @@ async def current_claims(
     return get_token_service(request).decode(credentials.credentials, "access")
 
 
+@answers((403, "FORBIDDEN", "The token is not a staff or service account's"))
 async def internal_caller(claims: Annotated[TokenClaims, Depends(current_claims)]) -> TokenClaims:
     if claims.role not in INTERNAL_ROLES:
         raise Forbidden("Staff or service account required")
     return claims
 
 
+@answers((403, "FORBIDDEN", "The token is not a staff account's (admin or staff role)"))
 async def staff_user(claims: Annotated[TokenClaims, Depends(current_claims)]) -> TokenClaims:
     if claims.role not in STAFF_ROLES:
         raise Forbidden("Staff account required")

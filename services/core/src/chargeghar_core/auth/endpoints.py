@@ -16,6 +16,7 @@ from chargeghar_core.auth.service import AuthService, RefreshTokenReused
 from chargeghar_core.auth.tokens import TokenPair
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import BadRequest, ValidationFailed, error_response, validation_details
+from chargeghar_core.kit.openapi import errors
 
 router = APIRouter(tags=["auth"])
 
@@ -64,8 +65,20 @@ async def _read_login(request: Request) -> LoginRequest:
     "/api/admin/login",
     response_model=TokenEnvelope,
     summary="Log in a staff or service account",
+    description=(
+        "Only active staff accounts (admin, staff) and the ingest's `service` account may log in here; "
+        "renters use `POST /api/renters/login`. The body is JSON, form-encoded or multipart (the legacy "
+        "admin clients send forms). Returns an access token (bearer, 60 min) and a refresh token."
+    ),
     openapi_extra=_LOGIN_BODY_DOC,
-    responses={401: {"description": "Bad e-mail/password, inactive or non-staff account"}},
+    responses=errors(
+        (
+            400,
+            "VALIDATION_ERROR",
+            "INVALID_JSON (neither JSON nor form data) or VALIDATION_ERROR (field paths)",
+        ),
+        (401, "UNAUTHORIZED", "Bad e-mail/password, inactive or non-staff account"),
+    ),
 )
 async def login(request: Request, session: DbSession) -> TokenEnvelope:
     body = await _read_login(request)
@@ -78,7 +91,11 @@ async def login(request: Request, session: DbSession) -> TokenEnvelope:
     "/api/auth/refresh",
     response_model=TokenEnvelope,
     summary="Exchange a refresh token for a new pair (the old one is spent)",
-    responses={401: {"description": "Invalid, expired, revoked or already used refresh token"}},
+    description=(
+        "Refresh tokens rotate: each one works once. Presenting a used one again revokes the account's "
+        "tokens (a stolen token was replayed) and answers 401."
+    ),
+    responses=errors((401, "UNAUTHORIZED", "Invalid, expired, revoked or already used refresh token")),
 )
 async def refresh(request: Request, body: RefreshRequest, session: DbSession) -> TokenEnvelope | JSONResponse:
     service = AuthService(UserRepository(session), get_token_service(request))

@@ -182,27 +182,18 @@ SINGLE_EVENT_BODY_DOC: dict[str, Any] = {
             }
         },
     },
+    # X-Signature / X-Timestamp are HMAC security schemes (kit/openapi.py, set for /api/internal/*).
     "parameters": [
-        {
-            "name": "X-Timestamp",
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "Unix seconds, decimal",
-        },
-        {
-            "name": "X-Signature",
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "Standard base64 with padding",
-        },
         {
             "name": "X-Event-Id",
             "in": "header",
             "required": False,
             "schema": {"type": "string"},
-            "description": "Extension: stable id of the logical event (idempotency key)",
+            "description": (
+                "Extension: stable id of the logical event (UUID or content key). Same id = same event: a "
+                "repeat answers 200 with the first result and `duplicate: true`. Without it the signature "
+                "value is the idempotency key (legacy bridge). Cut to 200 characters."
+            ),
         },
     ],
 }
@@ -222,5 +213,4 @@ BATCH_BODY_DOC: dict[str, Any] = {
             }
         },
     },
-    "parameters": SINGLE_EVENT_BODY_DOC["parameters"][:2],
 }

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from chargeghar_core.kit.openapi import answers
 from chargeghar_core.settings import DatabaseSettings
 
 # Stable constraint names so that alembic migrations (and SQLite batch mode) can refer to them.
@@ -116,6 +117,13 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+@answers(
+    (
+        503,
+        "DATABASE_UNAVAILABLE",
+        "The database (or Redis) is unreachable or too slow; retry after `Retry-After`",
+    )
+)
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, committed once after the endpoint returned, rolled back on any error."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker

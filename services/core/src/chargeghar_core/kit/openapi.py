@@ -13,17 +13,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
 from chargeghar_protocol.contract import ErrorEnvelope
 from fastapi import FastAPI
+from fastapi import routing as fastapi_routing
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 ERROR_SCHEMA_REF = "#/components/schemas/ErrorEnvelope"
 
@@ -81,7 +82,11 @@ _GENERIC: dict[int, tuple[str, str, str]] = {
         "Request validation failed",
     ),
     401: ("UNAUTHORIZED", "Missing, malformed or expired credentials", "Authentication required"),
-    402: ("INSUFFICIENT_FUNDS", "Payment required: wallet balance too low or unpaid dues", "Payment required"),
+    402: (
+        "INSUFFICIENT_FUNDS",
+        "Payment required: wallet balance too low or unpaid dues",
+        "Payment required",
+    ),
     403: ("FORBIDDEN", "The caller may not do this", "Not allowed"),
     404: ("NOT_FOUND", "The named resource does not exist", "Not found"),
     409: ("CONFLICT", "Conflict with the current state", "Conflict with the current state"),
@@ -155,9 +160,22 @@ def _dependency_calls(dependant: Dependant) -> Iterable[Callable[..., Any]]:
         yield from _dependency_calls(child)
 
 
+def api_routes(routes: Sequence[BaseRoute]) -> Iterator[Any]:
+    """The documented API routes. FastAPI ≥ 0.12x keeps included routers as nested entries of
+    ``app.routes`` and flattens them with ``iter_route_contexts``; older versions list the routes flat."""
+    flatten = getattr(fastapi_routing, "iter_route_contexts", None)
+    for route in flatten(routes) if flatten is not None else routes:
+        if getattr(route, "include_in_schema", False) and isinstance(
+            getattr(route, "dependant", None), Dependant
+        ):
+            yield route
+
+
 def _as_openapi(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A ``responses`` entry built by :func:`error_response`, as it appears in the document."""
-    content = {"application/json": {**entry["content"]["application/json"], "schema": {"$ref": ERROR_SCHEMA_REF}}}
+    content = {
+        "application/json": {**entry["content"]["application/json"], "schema": {"$ref": ERROR_SCHEMA_REF}}
+    }
     return {"description": entry["description"], "content": content}
 
 
@@ -167,18 +185,19 @@ def _is_default_422(response: Mapping[str, Any]) -> bool:
 
 
 def refine_openapi(
-    schema: dict[str, Any], routes: Iterable[Any], *, body_guard_skip_prefixes: tuple[str, ...] = ()
+    schema: dict[str, Any], routes: Sequence[BaseRoute], *, internal_prefixes: tuple[str, ...] = ()
 ) -> None:
-    """Add the answers that do not come from a route's own declaration, drop FastAPI's 422 (in place)."""
+    """Add the answers that do not come from a route's own declaration, drop FastAPI's 422 (in place).
+
+    Routes under ``internal_prefixes`` need the bearer token *and* the HMAC signature, and read their body
+    themselves (the request guard's 413 does not apply to them)."""
     components = schema.setdefault("components", {})
     component_schemas = components.setdefault("schemas", {})
     component_schemas.setdefault(
         "ErrorEnvelope", ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
     )
     components["securitySchemes"] = {**components.get("securitySchemes", {}), **SECURITY_SCHEMES}
-    for route in routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
+    for route in api_routes(routes):
         path_item = schema["paths"].get(route.path_format, {})
         implied: dict[int | str, dict[str, Any]] = {
             # The request guard checks the path and query of every request (NUL, lone surrogates).
@@ -191,9 +210,10 @@ def refine_openapi(
             if operation is None:
                 continue
             extra = dict(implied)
-            if method not in ("GET", "HEAD", "OPTIONS") and not route.path_format.startswith(
-                body_guard_skip_prefixes
-            ):
+            internal = route.path_format.startswith(internal_prefixes)
+            if internal:
+                operation["security"] = INTERNAL_SECURITY
+            elif method not in ("GET", "HEAD", "OPTIONS"):
                 extra[413] = error_response(413)
             responses: dict[str, Any] = operation.setdefault("responses", {})
             if "422" in responses and _is_default_422(responses["422"]):
@@ -206,13 +226,13 @@ def refine_openapi(
         component_schemas.pop(unused, None)
 
 
-def install_openapi(app: FastAPI, *, body_guard_skip_prefixes: tuple[str, ...] = ()) -> None:
+def install_openapi(app: FastAPI, *, internal_prefixes: tuple[str, ...] = ()) -> None:
     """Replace ``app.openapi`` with one that refines FastAPI's document once and caches it."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            refine_openapi(generate(), app.routes, body_guard_skip_prefixes=body_guard_skip_prefixes)
+            refine_openapi(generate(), app.routes, internal_prefixes=internal_prefixes)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

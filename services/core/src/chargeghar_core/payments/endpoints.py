@@ -11,6 +11,7 @@ from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.auth.models import User
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import BadRequest, Forbidden, NotFound
+from chargeghar_core.kit.openapi import WEBHOOK_SIGNATURE_SCHEME, errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.payments.models import LedgerKind
 from chargeghar_core.payments.providers import PaymentProviders, parse_captured_webhook
@@ -47,7 +48,11 @@ def _providers(request: Request) -> PaymentProviders:
     return providers
 
 
-@router.get("/api/wallet", response_model=Envelope[WalletOut], summary="My balance and dues")
+@router.get(
+    "/api/wallet",
+    response_model=Envelope[WalletOut],
+    summary="My wallet balance and the amount I owe on earlier rentals",
+)
 async def wallet(request: Request, session: DbSession, renter: CurrentRenter) -> Envelope[WalletOut]:
     balance = await WalletRepository(session).balance(renter.user_id)
     due = await RentalRepository(session).dues_of(renter.user_id)
@@ -56,7 +61,11 @@ async def wallet(request: Request, session: DbSession, renter: CurrentRenter) ->
     )
 
 
-@router.get("/api/wallet/ledger", response_model=Envelope[Page[LedgerEntryOut]], summary="My wallet ledger")
+@router.get(
+    "/api/wallet/ledger",
+    response_model=Envelope[Page[LedgerEntryOut]],
+    summary="My wallet ledger: every credit and debit, newest first",
+)
 async def ledger(
     session: DbSession, renter: CurrentRenter, page: PageNumber = 1, page_size: PageSize = 50
 ) -> Envelope[Page[LedgerEntryOut]]:
@@ -69,7 +78,14 @@ async def ledger(
 
 
 @router.post(
-    "/api/payments/topups", status_code=201, response_model=Envelope[TopupOut], summary="Start a top-up"
+    "/api/payments/topups",
+    status_code=201,
+    response_model=Envelope[TopupOut],
+    summary="Start a wallet top-up: creates the provider order and returns the checkout parameters",
+    responses=errors(
+        (400, "AMOUNT_OUT_OF_RANGE", "AMOUNT_OUT_OF_RANGE (limits in `details`) or UNKNOWN_PAYMENT_PROVIDER"),
+        (502, "PAYMENT_PROVIDER_ERROR", "The payment provider could not be reached or refused the order"),
+    ),
 )
 async def create_topup(
     body: TopupRequest, request: Request, session: DbSession, renter: CurrentRenter
@@ -87,6 +103,15 @@ async def create_topup(
     "/api/payments/topups/{payment_id}/confirm",
     response_model=Envelope[PaymentOut],
     summary="Confirm a top-up with the checkout's signed answer",
+    responses=errors(
+        (
+            400,
+            "INVALID_PAYMENT_SIGNATURE",
+            "The checkout signature does not verify, or UNKNOWN_PAYMENT_PROVIDER",
+        ),
+        (403, "FORBIDDEN", "Not a renter token, or the payment belongs to another provider"),
+        (404, "PAYMENT_NOT_FOUND", "No payment with this id for this renter"),
+    ),
 )
 async def confirm_topup(
     payment_id: uuid.UUID, body: ConfirmRequest, request: Request, session: DbSession, renter: CurrentRenter
@@ -100,7 +125,20 @@ async def confirm_topup(
     return Envelope(message="Payment captured", data=PaymentOut.of(confirmed))
 
 
-@router.post("/api/payments/webhooks/{provider_name}", summary="Provider webhook (signed)")
+@router.post(
+    "/api/payments/webhooks/{provider_name}",
+    summary="Payment provider webhook (signed with the provider's webhook secret)",
+    description="Captures a top-up the renter's app never confirmed; other events are ignored.",
+    responses=errors(
+        (
+            400,
+            "INVALID_WEBHOOK",
+            "INVALID_WEBHOOK (malformed body), UNKNOWN_PAYMENT_PROVIDER or AMOUNT_MISMATCH",
+        ),
+        (403, "INVALID_SIGNATURE", "Missing or wrong X-Razorpay-Signature"),
+    ),
+    openapi_extra={"security": [{WEBHOOK_SIGNATURE_SCHEME: []}]},
+)
 async def webhook(provider_name: str, request: Request, session: DbSession) -> Envelope[dict[str, object]]:
     provider = _providers(request).get(provider_name)
     body = await request.body()
@@ -116,7 +154,9 @@ async def webhook(provider_name: str, request: Request, session: DbSession) -> E
     )
 
 
-@router.get("/api/payments", response_model=Envelope[Page[PaymentOut]], summary="My payment history")
+@router.get(
+    "/api/payments", response_model=Envelope[Page[PaymentOut]], summary="My payments (top-ups), newest first"
+)
 async def payment_history(
     session: DbSession, renter: CurrentRenter, page: PageNumber = 1, page_size: PageSize = 20
 ) -> Envelope[Page[PaymentOut]]:
@@ -132,6 +172,11 @@ async def payment_history(
     "/api/admin/wallets/{user_id}/adjustments",
     response_model=Envelope[LedgerEntryOut | None],
     summary="Credit or debit a wallet by hand (recorded as an ADJUSTMENT)",
+    responses=errors(
+        (400, "BAD_REQUEST", "amount_paisa is zero or out of range"),
+        (402, "INSUFFICIENT_FUNDS", "A debit larger than the balance"),
+        (404, "USER_NOT_FOUND", "No user with this id"),
+    ),
 )
 async def adjust_wallet(
     user_id: uuid.UUID, body: AdjustmentRequest, request: Request, session: DbSession, staff: StaffUser

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import Conflict
+from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.powerbanks.models import PowerBankModel
 from chargeghar_core.powerbanks.repository import PowerBankRepository
@@ -19,7 +20,12 @@ from chargeghar_core.powerbanks.schemas import PowerBankModelCreate, PowerBankMo
 router = APIRouter(prefix="/api/admin", tags=["admin: power banks"])
 
 
-@router.get("/powerbanks", response_model=Envelope[Page[PowerBankView]], summary="Power-bank inventory")
+@router.get(
+    "/powerbanks",
+    response_model=Envelope[Page[PowerBankView]],
+    summary="Power-bank inventory",
+    description="Filter by status, by the station a bank sits in, or by serial (`search`).",
+)
 async def list_power_banks(
     _staff: StaffUser,
     session: DbSession,
@@ -43,7 +49,9 @@ async def list_power_banks(
 
 
 @router.get(
-    "/powerbank-models", response_model=Envelope[list[PowerBankModelView]], summary="Serial-prefix table"
+    "/powerbank-models",
+    response_model=Envelope[list[PowerBankModelView]],
+    summary="Serial-prefix table: which model and capacity a new bank's serial implies",
 )
 async def list_power_bank_models(_staff: StaffUser, session: DbSession) -> Envelope[list[PowerBankModelView]]:
     rows = await PowerBankRepository(session).list_models()
@@ -57,6 +65,7 @@ async def list_power_bank_models(_staff: StaffUser, session: DbSession) -> Envel
     response_model=Envelope[PowerBankModelView],
     status_code=201,
     summary="Map a serial prefix to a model and capacity (used for banks seen for the first time)",
+    responses=errors((409, "PREFIX_TAKEN", "The prefix is mapped already")),
 )
 async def create_power_bank_model(
     body: PowerBankModelCreate, _staff: StaffUser, session: DbSession, request: Request

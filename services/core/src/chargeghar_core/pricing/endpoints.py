@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
+from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope
 from chargeghar_core.pricing.repository import PricingRepository
 from chargeghar_core.pricing.schemas import (
@@ -25,25 +26,43 @@ router = APIRouter(tags=["pricing"])
 admin_router = APIRouter(tags=["pricing admin"])
 
 
-@router.get("/api/packages", response_model=Envelope[list[PackageOut]], summary="Active rental packages")
+@router.get(
+    "/api/packages",
+    response_model=Envelope[list[PackageOut]],
+    summary="Rental packages on offer (duration and price)",
+)
 async def active_packages(session: DbSession) -> Envelope[list[PackageOut]]:
     packages = await PricingRepository(session).packages(active_only=True)
     return Envelope(data=[PackageOut.model_validate(p) for p in packages])
 
 
-@admin_router.get("/api/admin/packages", response_model=Envelope[list[PackageOut]], summary="All packages")
+@admin_router.get(
+    "/api/admin/packages",
+    response_model=Envelope[list[PackageOut]],
+    summary="All packages, inactive ones too",
+)
 async def all_packages(session: DbSession, _staff: StaffUser) -> Envelope[list[PackageOut]]:
     packages = await PricingRepository(session).packages(active_only=False)
     return Envelope(data=[PackageOut.model_validate(p) for p in packages])
 
 
-@admin_router.post("/api/admin/packages", status_code=201, response_model=Envelope[PackageOut])
+@admin_router.post(
+    "/api/admin/packages",
+    status_code=201,
+    response_model=Envelope[PackageOut],
+    summary="Create a rental package",
+)
 async def create_package(body: PackageIn, session: DbSession, _staff: StaffUser) -> Envelope[PackageOut]:
     package = await PricingService(PricingRepository(session)).create_package(body)
     return Envelope(message="Package created", data=PackageOut.model_validate(package))
 
 
-@admin_router.patch("/api/admin/packages/{package_id}", response_model=Envelope[PackageOut])
+@admin_router.patch(
+    "/api/admin/packages/{package_id}",
+    response_model=Envelope[PackageOut],
+    summary="Change a package (price, duration, active); fields left out stay unchanged",
+    responses=errors((404, "PACKAGE_NOT_FOUND", "No such package")),
+)
 async def update_package(
     package_id: uuid.UUID, body: PackageUpdate, session: DbSession, _staff: StaffUser
 ) -> Envelope[PackageOut]:
@@ -51,19 +70,31 @@ async def update_package(
     return Envelope(message="Package updated", data=PackageOut.model_validate(package))
 
 
-@admin_router.get("/api/admin/late-fee-policies", response_model=Envelope[list[PolicyOut]])
+@admin_router.get(
+    "/api/admin/late-fee-policies", response_model=Envelope[list[PolicyOut]], summary="Late-fee policies"
+)
 async def policies(session: DbSession, _staff: StaffUser) -> Envelope[list[PolicyOut]]:
     rows = await PricingRepository(session).policies()
     return Envelope(data=[PolicyOut.model_validate(p) for p in rows])
 
 
-@admin_router.post("/api/admin/late-fee-policies", status_code=201, response_model=Envelope[PolicyOut])
+@admin_router.post(
+    "/api/admin/late-fee-policies",
+    status_code=201,
+    response_model=Envelope[PolicyOut],
+    summary="Create a late-fee policy",
+)
 async def create_policy(body: PolicyIn, session: DbSession, _staff: StaffUser) -> Envelope[PolicyOut]:
     policy = await PricingService(PricingRepository(session)).create_policy(body)
     return Envelope(message="Late-fee policy created", data=PolicyOut.model_validate(policy))
 
 
-@admin_router.put("/api/admin/late-fee-policies/{policy_id}", response_model=Envelope[PolicyOut])
+@admin_router.put(
+    "/api/admin/late-fee-policies/{policy_id}",
+    response_model=Envelope[PolicyOut],
+    summary="Replace a late-fee policy",
+    responses=errors((404, "POLICY_NOT_FOUND", "No such late-fee policy")),
+)
 async def update_policy(
     policy_id: uuid.UUID, body: PolicyIn, session: DbSession, _staff: StaffUser
 ) -> Envelope[PolicyOut]:
@@ -71,7 +102,12 @@ async def update_policy(
     return Envelope(message="Late-fee policy updated", data=PolicyOut.model_validate(policy))
 
 
-@admin_router.put("/api/admin/stations/{station_id}/discount", response_model=Envelope[DiscountOut])
+@admin_router.put(
+    "/api/admin/stations/{station_id}/discount",
+    response_model=Envelope[DiscountOut],
+    summary="Set (or replace) a station's discount",
+    responses=errors((404, "STATION_NOT_FOUND", "No such station")),
+)
 async def set_discount(
     station_id: uuid.UUID, body: DiscountIn, session: DbSession, _staff: StaffUser
 ) -> Envelope[DiscountOut]:
@@ -79,7 +115,12 @@ async def set_discount(
     return Envelope(message="Discount saved", data=DiscountOut.model_validate(discount))
 
 
-@admin_router.delete("/api/admin/stations/{station_id}/discount", response_model=Envelope[None])
+@admin_router.delete(
+    "/api/admin/stations/{station_id}/discount",
+    response_model=Envelope[None],
+    summary="Remove a station's discount",
+    responses=errors((404, "DISCOUNT_NOT_FOUND", "The station has no discount")),
+)
 async def remove_discount(station_id: uuid.UUID, session: DbSession, _staff: StaffUser) -> Envelope[None]:
     await PricingService(PricingRepository(session)).remove_discount(station_id)
     return Envelope(message="Discount removed", data=None)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
+from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.rentals.errors import PopupFailed, RentalNotFound, StationUnavailable
 from chargeghar_core.rentals.models import Rental, RentalStatus
@@ -17,6 +18,7 @@ from chargeghar_core.rentals.popup import RentalStarter
 from chargeghar_core.rentals.repository import RentalRepository
 from chargeghar_core.rentals.runtime import RentalRuntime
 from chargeghar_core.rentals.schemas import (
+    RENTAL_EXAMPLE,
     AvailableBank,
     DuesPaid,
     ForceCompleteRequest,
@@ -57,10 +59,42 @@ async def _own_rental(session: DbSession, user_id: uuid.UUID, rental_id: uuid.UU
     status_code=201,
     response_model=Envelope[RentalOut],
     summary="Start a rental: reserve a bank and eject it",
+    description=(
+        "Reserves the best charged bank (or `power_bank_serial`), charges the package (prepaid) and asks the "
+        "station to eject it. 201: the bank is out, the rental is ACTIVE. 202: the station has not answered "
+        "yet (PENDING_POPUP); poll `GET /api/rentals/{rental_id}`. If the eject fails the rental is "
+        "cancelled, the charge refunded, and the answer is 409 POPUP_FAILED with the rental in `details`."
+    ),
     responses={
-        202: {"description": "Eject still being settled; poll GET /api/rentals/{id}"},
-        402: {"description": "Insufficient funds or unpaid dues"},
-        409: {"description": "Open rental, no bank, station unavailable, or the eject failed (refunded)"},
+        201: {
+            "description": "The bank was ejected; the rental is ACTIVE",
+            "content": {
+                "application/json": {
+                    "example": {"success": True, "message": "Rental started", "data": RENTAL_EXAMPLE}
+                }
+            },
+        },
+        202: {
+            "model": Envelope[RentalOut],
+            "description": "Eject requested, the station has not answered yet; poll GET /api/rentals/{id}",
+        },
+        **errors(
+            (
+                402,
+                "INSUFFICIENT_FUNDS",
+                "INSUFFICIENT_FUNDS (balance below the package price) or UNPAID_DUES",
+            ),
+            (403, "ACCOUNT_NOT_ACTIVE", "Not a renter token (FORBIDDEN) or the account is suspended"),
+            (404, "STATION_NOT_FOUND", "No deployed station with this id or serial"),
+            (
+                409,
+                "NO_POWER_BANK_AVAILABLE",
+                "RENTAL_ALREADY_OPEN, STATION_UNAVAILABLE, PACKAGE_UNAVAILABLE, NO_POWER_BANK_AVAILABLE, "
+                "POWER_BANK_UNAVAILABLE, or POPUP_FAILED (the eject failed; refunded)",
+            ),
+            # No request-scoped session here (the starter commits in steps), so declared by hand.
+            (503, "DATABASE_UNAVAILABLE", "The database is unreachable; retry after `Retry-After`"),
+        ),
     },
 )
 async def start_rental(request: Request, body: StartRentalRequest, renter: CurrentRenter) -> JSONResponse:
@@ -86,6 +120,7 @@ async def start_rental(request: Request, body: StartRentalRequest, renter: Curre
     "/api/rentals/availability/{station_serial}",
     response_model=Envelope[StationAvailability],
     summary="Banks a renter could take at this station right now (live, same rules as a start)",
+    responses=errors((404, "STATION_NOT_FOUND", "No deployed station with this serial")),
 )
 async def availability(
     station_serial: str, request: Request, session: DbSession
@@ -123,7 +158,11 @@ async def availability(
     )
 
 
-@router.get("/api/rentals/active", response_model=Envelope[RentalOut | None], summary="My open rental")
+@router.get(
+    "/api/rentals/active",
+    response_model=Envelope[RentalOut | None],
+    summary="My open rental, if any (`data` is null otherwise)",
+)
 async def active_rental(session: DbSession, renter: CurrentRenter) -> Envelope[RentalOut | None]:
     rental = await RentalRepository(session).open_for_user(renter.user_id)
     return Envelope(data=RentalOut.of(rental) if rental else None)
@@ -141,18 +180,32 @@ async def my_rentals(
     )
 
 
-@router.post("/api/rentals/dues/pay", response_model=Envelope[DuesPaid], summary="Pay dues from the wallet")
+@router.post(
+    "/api/rentals/dues/pay",
+    response_model=Envelope[DuesPaid],
+    summary="Pay what I owe on earlier rentals from my wallet (as much as the balance covers)",
+)
 async def pay_dues(request: Request, session: DbSession, renter: CurrentRenter) -> Envelope[DuesPaid]:
     paid, remaining = await _service(request, session).pay_dues(renter.user_id)
     return Envelope(data=DuesPaid(paid_paisa=paid, still_due_paisa=remaining))
 
 
-@router.get("/api/rentals/{rental_id}", response_model=Envelope[RentalOut], summary="One of my rentals")
+@router.get(
+    "/api/rentals/{rental_id}",
+    response_model=Envelope[RentalOut],
+    summary="One of my rentals",
+    responses=errors((404, "RENTAL_NOT_FOUND", "No rental with this id among mine")),
+)
 async def my_rental(rental_id: uuid.UUID, session: DbSession, renter: CurrentRenter) -> Envelope[RentalOut]:
     return Envelope(data=RentalOut.of(await _own_rental(session, renter.user_id, rental_id)))
 
 
-@router.get("/api/rentals/{rental_id}/receipt", response_model=Envelope[ReceiptOut], summary="Receipt")
+@router.get(
+    "/api/rentals/{rental_id}/receipt",
+    response_model=Envelope[ReceiptOut],
+    summary="Receipt of one of my rentals: package, extensions, late fee, paid, refunded, due",
+    responses=errors((404, "RENTAL_NOT_FOUND", "No rental with this id among mine")),
+)
 async def receipt(rental_id: uuid.UUID, session: DbSession, renter: CurrentRenter) -> Envelope[ReceiptOut]:
     rental = await _own_rental(session, renter.user_id, rental_id)
     extensions = await RentalRepository(session).extensions(rental.id)
@@ -176,7 +229,16 @@ async def receipt(rental_id: uuid.UUID, session: DbSession, renter: CurrentRente
     )
 
 
-@router.post("/api/rentals/{rental_id}/extend", response_model=Envelope[RentalOut], summary="Extend")
+@router.post(
+    "/api/rentals/{rental_id}/extend",
+    response_model=Envelope[RentalOut],
+    summary="Extend my active rental by one more package period (charged now)",
+    responses=errors(
+        (402, "INSUFFICIENT_FUNDS", "The wallet does not cover the extension"),
+        (404, "RENTAL_NOT_FOUND", "No rental with this id among mine"),
+        (409, "RENTAL_STATE_CONFLICT", "Not active, already due, or EXTENSION_LIMIT_REACHED"),
+    ),
+)
 async def extend(
     rental_id: uuid.UUID, request: Request, session: DbSession, renter: CurrentRenter
 ) -> Envelope[RentalOut]:
@@ -184,7 +246,15 @@ async def extend(
     return Envelope(message="Rental extended", data=RentalOut.of(rental))
 
 
-@router.post("/api/rentals/{rental_id}/cancel", response_model=Envelope[RentalOut], summary="Cancel for free")
+@router.post(
+    "/api/rentals/{rental_id}/cancel",
+    response_model=Envelope[RentalOut],
+    summary="Cancel my rental for free within the cancellation window (the bank must be back)",
+    responses=errors(
+        (404, "RENTAL_NOT_FOUND", "No rental with this id among mine"),
+        (409, "CANCEL_WINDOW_PASSED", "CANCEL_WINDOW_PASSED, RENTAL_PENDING or not active"),
+    ),
+)
 async def cancel(
     rental_id: uuid.UUID, request: Request, session: DbSession, renter: CurrentRenter
 ) -> Envelope[RentalOut]:
@@ -192,7 +262,11 @@ async def cancel(
     return Envelope(message="Rental cancelled", data=RentalOut.of(rental))
 
 
-@admin_router.get("/api/admin/rentals", response_model=Envelope[Page[RentalOut]], summary="All rentals")
+@admin_router.get(
+    "/api/admin/rentals",
+    response_model=Envelope[Page[RentalOut]],
+    summary="All rentals, newest first; filter by status or renter",
+)
 async def admin_rentals(
     session: DbSession,
     _staff: StaffUser,
@@ -213,6 +287,11 @@ async def admin_rentals(
     "/api/admin/rentals/{rental_id}/force-complete",
     response_model=Envelope[RentalOut],
     summary="End an open rental now (audited)",
+    description="For a bank lost or returned unseen; the operator and the reason are kept with the rental.",
+    responses=errors(
+        (404, "RENTAL_NOT_FOUND", "No such rental"),
+        (409, "RENTAL_STATE_CONFLICT", "The rental is closed already"),
+    ),
 )
 async def force_complete(
     rental_id: uuid.UUID, body: ForceCompleteRequest, request: Request, session: DbSession, staff: StaffUser

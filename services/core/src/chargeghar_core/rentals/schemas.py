@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +14,19 @@ from chargeghar_core.rentals.service import charges_at
 
 
 class StartRentalRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"station_serial": "KTM-THAMEL-01", "package_id": "5d0c2a8e-3b7f-4c1e-9f4a-1b2c3d4e5f60"},
+                {
+                    "station_id": "0b8f6c1e-8f0d-4f7e-9a55-2b1d1e0c9a77",
+                    "package_id": "5d0c2a8e-3b7f-4c1e-9f4a-1b2c3d4e5f60",
+                    "power_bank_serial": "40818052",
+                },
+            ]
+        },
+    )
 
     station_id: uuid.UUID | None = None
     station_serial: str | None = Field(default=None, max_length=64, description="The QR-code serial")
@@ -31,6 +44,39 @@ class StartRentalRequest(BaseModel):
 
 class ForceCompleteRequest(BaseModel):
     reason: str = Field(min_length=3, max_length=2000)
+
+
+# A rental just started (for the API docs).
+RENTAL_EXAMPLE: dict[str, Any] = {
+    "id": "9e3f1c2a-6b5d-4e8f-8a7b-0c1d2e3f4a5b",
+    "code": "R7K2M9QXA4",
+    "status": "ACTIVE",
+    "user_id": "2c4e6a8b-1d3f-4a5c-9e7b-6d8f0a2c4e6b",
+    "station_id": "0b8f6c1e-8f0d-4f7e-9a55-2b1d1e0c9a77",
+    "slot_number": 3,
+    "power_bank_serial": "40818052",
+    "package_id": "5d0c2a8e-3b7f-4c1e-9f4a-1b2c3d4e5f60",
+    "payment_model": "PREPAID",
+    "popup_requested_at": "2025-11-12T06:30:00Z",
+    "started_at": "2025-11-12T06:30:02Z",
+    "due_at": "2025-11-12T07:30:02Z",
+    "ended_at": None,
+    "return_station_id": None,
+    "return_slot_number": None,
+    "returned_on_time": None,
+    "battery_at_start": 100,
+    "battery_at_return": None,
+    "extension_count": 0,
+    "package_price_paisa": 5000,
+    "discount_bp": 0,
+    "usage_fee_paisa": 5000,
+    "late_fee_paisa": 0,
+    "charged_paisa": 5000,
+    "refunded_paisa": 0,
+    "amount_due_paisa": 0,
+    "accrued_late_fee_paisa": 0,
+    "end_reason": None,
+}
 
 
 class RentalOut(BaseModel):

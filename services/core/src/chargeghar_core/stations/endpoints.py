@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
+from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Offset, Page, PageNumber
 from chargeghar_core.stations.models import Station, SyncOutcome
 from chargeghar_core.stations.repository import StationRepository
@@ -53,7 +54,19 @@ def _slots(station: Station) -> list[SlotView]:
     return [SlotView.model_validate(slot) for slot in station.slots]
 
 
-@router.get("", response_model=Envelope[Page[StationSummary]], summary="Deployed stations, nearest first")
+@router.get(
+    "",
+    response_model=Envelope[Page[StationSummary]],
+    summary="Deployed stations, nearest first",
+    description=(
+        "The public station map: only deployed stations. With `lat` and `lng` the list is sorted by distance "
+        "(`distance_km` is set) and `radius_km` limits it; `rentable_banks` counts charged banks a renter "
+        "could take now."
+    ),
+    responses=errors(
+        (400, "VALIDATION_ERROR", "Bad filter: lat without lng, radius_km without both, out of range")
+    ),
+)
 async def list_stations(
     session: DbSession,
     status: StatusFilter = None,
@@ -77,7 +90,7 @@ async def list_stations(
     "/{serial_number}",
     response_model=Envelope[StationDetail],
     summary="One deployed station with its slots and the number of rentable banks",
-    responses={404: {"description": "No deployed station with this serial"}},
+    responses=errors((404, "NOT_FOUND", "No deployed station with this serial")),
 )
 async def get_station(serial_number: str, session: DbSession) -> Envelope[StationDetail]:
     station, rentable = await StationService(StationRepository(session)).public_detail(serial_number)
@@ -112,7 +125,13 @@ def _admin_view(station: Station, rentable: int, *, with_slots: bool) -> AdminSt
 
 
 @admin_router.get(
-    "", response_model=Envelope[Page[AdminStationView]], summary="All stations, deployed or not"
+    "",
+    response_model=Envelope[Page[AdminStationView]],
+    summary="All stations, deployed or not",
+    description="`deployed=false` lists the cabinets that reported in but still need a name and location.",
+    responses=errors(
+        (400, "VALIDATION_ERROR", "Bad filter: lat without lng, radius_km without both, out of range")
+    ),
 )
 async def admin_list_stations(
     _staff: StaffUser,
@@ -141,7 +160,10 @@ async def admin_list_stations(
 
 
 @admin_router.get(
-    "/{station_id}", response_model=Envelope[AdminStationView], summary="One station, all details"
+    "/{station_id}",
+    response_model=Envelope[AdminStationView],
+    summary="One station, all details",
+    responses=errors((404, "NOT_FOUND", "No such station")),
 )
 async def admin_get_station(
     station_id: uuid.UUID, _staff: StaffUser, session: DbSession
@@ -154,7 +176,15 @@ async def admin_get_station(
     "/{station_id}",
     response_model=Envelope[AdminStationView],
     summary="Configure a station: name, location, serial, deploy, maintenance",
-    responses={404: {"description": "No such station"}, 409: {"description": "Serial taken (SERIAL_TAKEN)"}},
+    description=(
+        "Fields left out stay unchanged. Setting `is_deployed` needs a name and coordinates (given now or "
+        "before); the serial is the printed QR code and survives later syncs."
+    ),
+    responses=errors(
+        (400, "VALIDATION_ERROR", "Invalid field, or deploying a station without name and coordinates"),
+        (404, "NOT_FOUND", "No such station"),
+        (409, "SERIAL_TAKEN", "The serial belongs to another station"),
+    ),
 )
 async def admin_configure_station(
     station_id: uuid.UUID, update: StationUpdate, _staff: StaffUser, session: DbSession
@@ -168,7 +198,8 @@ async def admin_configure_station(
 @admin_router.get(
     "/{station_id}/sync-logs",
     response_model=Envelope[list[SyncLogView]],
-    summary="Inbound events of a station",
+    summary="Inbound events of a station, newest first (sync log)",
+    description="Every station event core received for this station, applied or failed; filter by `outcome`.",
 )
 async def admin_station_sync_logs(
     station_id: uuid.UUID,
