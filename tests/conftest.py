@@ -16,8 +16,11 @@ Fixtures:
   of design.md). Never skips.
 - ``redis_url`` + ``redis_prefix``: Redis and a key prefix unique to the test.
 - ``mqtt_broker``: ``(host, port)`` of a reachable broker; without Mosquitto (outside CI) an embedded amqtt
-  broker is started for the session. ``mqtt_is_embedded`` tells which.
+  broker is started for the session, as a child process that dies with pytest (even a SIGKILLed one).
+  ``mqtt_is_embedded`` tells which.
 - ``topic_prefix``: a unique MQTT topic prefix per test (prepend it to the device topics).
+- (automatic) uvicorn servers started inside the test process leave Ctrl-C / SIGTERM to pytest.
+- ``documented_statuses`` (automatic): every status core or the ingest answered must be in its OpenAPI.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import uvicorn
+from api_statuses import StatusRecorder
+from chargeghar_ingest.simulator.stack import die_with_parent
 from hypothesis import HealthCheck, settings
 
 # "dev" keeps local runs quick; "ci" (selected by .ci/run) explores more examples.
@@ -49,6 +55,21 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MQTT_HOST = os.environ.get("TEST_MQTT_HOST", "127.0.0.1")
 MQTT_PORT = int(os.environ.get("TEST_MQTT_PORT", "1883"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def documented_statuses() -> Iterator[StatusRecorder]:
+    """Fails the run (an error at the last teardown) when an API answered a status its OpenAPI does not
+    document for that operation (see api_statuses.py)."""
+    recorder = StatusRecorder()
+    recorder.install()
+    try:
+        yield recorder
+    finally:
+        recorder.uninstall()
+    undocumented = recorder.undocumented()
+    if undocumented:
+        pytest.fail("Statuses missing from the OpenAPI document:\n" + "\n".join(undocumented), pytrace=False)
 
 
 def service_unavailable(name: str, detail: str) -> None:
@@ -71,6 +92,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signals_reach_pytest() -> Iterator[None]:
+    """In-process uvicorn servers (the fake peers) must not take SIGINT/SIGTERM for themselves.
+
+    uvicorn's ``Server.serve`` installs its own handlers while it runs: Ctrl-C then only stopped that fake
+    peer, and pytest went on failing test after test instead of stopping. Services started as child
+    processes keep their own handling.
+    """
+
+    def no_capture(server: uvicorn.Server) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(uvicorn.Server, "capture_signals", no_capture)
+        yield
 
 
 # --------------------------------------------------------------------------------------------- PostgreSQL
@@ -158,7 +196,7 @@ def redis_prefix() -> str:
 
 def _start_embedded_broker(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "chargeghar_ingest.embedded_broker", "--port", str(port)],
+        die_with_parent([sys.executable, "-m", "chargeghar_ingest.embedded_broker", "--port", str(port)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -170,6 +208,7 @@ def _start_embedded_broker(port: int) -> subprocess.Popen[bytes]:
             break
         time.sleep(0.1)
     process.kill()
+    process.wait(timeout=10)
     raise RuntimeError("embedded MQTT broker did not start")
 
 
@@ -186,7 +225,11 @@ def mqtt_broker() -> Iterator[tuple[str, int]]:
         yield ("127.0.0.1", port)
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

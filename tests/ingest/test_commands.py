@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from chargeghar_ingest.pipeline import utc_now
+from chargeghar_ingest.replies import DeliveredReply, Waiter
 from chargeghar_ingest.settings import IngestSettings
 from chargeghar_protocol.codec import (
     Frame,
@@ -347,3 +348,33 @@ async def test_a_resent_command_id_is_answered_from_the_audit_never_published_ag
         other = await send(ingest, command, imei=other_imei)
         assert other.status_code == 409 and other.json()["error"] == "CONFLICT"
         assert len(await ingest.runtime.spool.audit_rows(IMEI)) == 1
+
+
+@pytest.mark.parametrize("steps", range(4))
+async def test_a_cancelled_reply_wait_stays_cancelled_when_the_reply_lands_in_the_same_step(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str, steps: int
+) -> None:
+    """Python 3.11's wait_for returned the reply and dropped the cancellation of the request (client gone,
+    shutdown) when both arrived within a few loop steps; the cancellation must win."""
+    async with running_ingest(settings_for(tmp_path, mqtt_broker, topic_prefix)) as ingest:
+        loop = asyncio.get_running_loop()
+        command_id = str(uuid.uuid4())
+        waiter = Waiter(command_id, IMEI, "popup_sn", "0x31", "sn:40818052", loop.time(), "test")
+        future: asyncio.Future[DeliveredReply] = loop.create_future()
+        wait = asyncio.create_task(ingest.runtime.commands._wait(waiter, future, 30))
+        await asyncio.sleep(0)  # the wait is now parked on the reply future
+
+        cancel_requested = asyncio.Event()
+
+        def cancel_after(remaining: int) -> None:
+            if remaining > 0:
+                loop.call_soon(cancel_after, remaining - 1)
+            elif wait.cancel():  # False: the wait had already returned the reply, nothing to check
+                cancel_requested.set()
+
+        future.set_result(DeliveredReply(command_id, "0x31", {"state": 1}, True, loop.time()))
+        cancel_after(steps)
+        await asyncio.wait({wait})
+        assert cancel_requested.is_set() or steps > 0, "a zero-step cancel always reaches the running wait"
+        if cancel_requested.is_set():
+            assert wait.cancelled(), f"the wait returned {wait.result()!r} although it was cancelled"

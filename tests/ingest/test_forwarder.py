@@ -31,7 +31,10 @@ async def test_upload_reaches_core_signed_with_event_id_and_correlation(
 ) -> None:
     params = {"rentboxSN": STATION, "signal": "CSQ:31"}
     params["sign"] = device_sign(params)
-    async with running_ingest(forwarding(tmp_path, fake_core)) as ingest:
+    # One event per request: an upload spools its status and full events together, and whether the
+    # forwarder finds them in one batch (no X-Event-Id, one body for both) or one by one is a race. This
+    # test is about the single-event request; the batch path has its own tests.
+    async with running_ingest(forwarding(tmp_path, fake_core, batch_size=1)) as ingest:
         response = await ingest.client.post(
             "/api/rentbox/upload/data",
             params=params,
@@ -46,6 +49,7 @@ async def test_upload_reaches_core_signed_with_event_id_and_correlation(
 
         await wait_until(drained)
     assert [e["type"] for e in fake_core.accepted] == ["status", "full"]
+    assert [r.path for r in fake_core.requests] == ["/api/internal/stations/data"] * 2
     full_event = fake_core.accepted[1]
     full_request = next(r for r in fake_core.requests if r.body.get("event_id") == full_event["event_id"])
     # The signature was checked by the peer; the extension headers are there too.

@@ -243,9 +243,17 @@ async def test_concurrent_handlers_keep_each_stations_order(
                     await publish_frame(client, topic_prefix, station, slot_frame(hole))
 
             async def all_spooled() -> bool:
-                return await ingest.runtime.spool.pending_count() >= len(stations) * per_station
+                # Count the slot events themselves: each station's first message also spools an ONLINE
+                # status event, so the spool's total reached the target while slot events were still
+                # being handled (the old flaky wait).
+                for station in stations:
+                    if len(await ingest.event_bodies("slot_event", station)) < per_station:
+                        return False
+                return True
 
             await wait_until(all_spooled)
+        # Exactly one ONLINE status per station, besides the slot events: why a total count cannot wait.
+        assert await ingest.runtime.spool.pending_count() == len(stations) * (per_station + 1)
         for station in stations:
             events = await ingest.event_bodies("slot_event", station)
             assert [e["slot_number"] for e in events] == list(range(1, per_station + 1)), station

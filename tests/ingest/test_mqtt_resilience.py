@@ -16,6 +16,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from chargeghar_ingest.settings import MqttSettings
+from chargeghar_ingest.simulator.stack import die_with_parent
 from chargeghar_ingest.transport import InboundMessage, MqttConnection, MqttTransport
 from chargeghar_protocol.codec import Heartbeat
 from ingest_harness import UPLOAD_FRAME, free_tcp_port, running_ingest, wait_until
@@ -39,7 +40,9 @@ class OwnMosquitto:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            die_with_parent([MOSQUITTO, "-c", str(self.config)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import sys
 import time
 import uuid
@@ -24,6 +25,7 @@ from chargeghar_ingest.simulator.cabinet import CabinetState
 from chargeghar_ingest.simulator.device import CabinetConfig, VirtualCabinet, device_topics
 from chargeghar_ingest.simulator.faults import Fault
 from chargeghar_ingest.simulator.fleet import Fleet, FleetConfig, generate_imeis
+from chargeghar_ingest.simulator.stack import die_with_parent
 from chargeghar_protocol.codec import (
     CabinetSnapshot,
     FrameError,
@@ -497,7 +499,7 @@ async def test_cli_runs_a_fleet_for_its_duration_and_exits_cleanly(
     seed = uuid.uuid4().int % 10**9
     imeis = generate_imeis(2, prefix="86460106", seed=seed)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chargeghar_ingest.simulator",
+        *die_with_parent([sys.executable]), "-m", "chargeghar_ingest.simulator",
         "--stations", "2", "--slots", "4", "--seed", str(seed), "--speed", "600",
         "--ingest-url", device_peer.url, "--topic-prefix", topic_prefix, "--duration", "2.5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -509,3 +511,133 @@ async def test_cli_runs_a_fleet_for_its_duration_and_exits_cleanly(
         assert any(call["uuid"] == imei for call in device_peer.connects)
         assert device_peer.uploads_of(imei)
     assert b"stopped:" in output
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+async def test_cli_stops_cleanly_on_ctrl_c_and_sigterm(
+    device_peer: DevicePeer, topic_prefix: str, stop_signal: signal.Signals
+) -> None:
+    seed = uuid.uuid4().int % 10**9
+    process = await asyncio.create_subprocess_exec(
+        *die_with_parent([sys.executable]), "-m", "chargeghar_ingest.simulator",
+        "--stations", "3", "--slots", "4", "--seed", str(seed), "--speed", "600",
+        "--heartbeat-interval", "0.2", "--upload-channel", "mqtt",
+        "--ingest-url", device_peer.url, "--topic-prefix", topic_prefix,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output = b""
+    try:
+        async with asyncio.timeout(30):  # hang guard
+            while output.count(b"MQTT session open") < 3:
+                line = await process.stdout.readline()
+                assert line, f"the simulator exited early:\n{output.decode()}"
+                output += line
+        process.send_signal(stop_signal)
+        async with asyncio.timeout(30):
+            output += await process.stdout.read()
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output.decode()
+    assert b"stopped:" in output
+
+
+# --------------------------------------------------------------------------------------------- shutdown
+
+
+def cancel_on_next_echo(cabinet: VirtualCabinet, task: asyncio.Task[None], steps: int) -> asyncio.Event:
+    """Cancel ``task`` ``steps`` event-loop steps after the cabinet's next heartbeat echo arrives.
+
+    This is the shutdown race of the CI hang: on Python 3.11 ``asyncio.wait_for`` returns the result and
+    drops the cancellation when both land in the same loop step. Sweeping ``steps`` puts the cancel at every
+    point of the window, whatever the depth of the task tree between ``task`` and the heartbeat loop.
+    """
+    armed = asyncio.Event()
+    original = cabinet._on_heartbeat_echo
+
+    def cancel_after(remaining: int) -> None:
+        if remaining == 0:
+            task.cancel()
+        else:
+            asyncio.get_running_loop().call_soon(cancel_after, remaining - 1)
+
+    def on_echo(session: Any, body: bytes) -> None:
+        original(session, body)
+        if session.echo_received.is_set() and not armed.is_set():
+            armed.set()
+            cancel_after(steps)
+
+    cabinet._on_heartbeat_echo = on_echo  # type: ignore[method-assign]
+    return armed
+
+
+async def ended_within(task: asyncio.Task[None], within_s: float = WAIT_S) -> bool:
+    """Whether ``task`` ends (hang guard, not a speed check); a task still running is cancelled again."""
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        for _ in range(20):  # old code: every further cancel is a new chance to end it
+            task.cancel()
+            if (await asyncio.wait({task}, timeout=0.5))[0]:
+                break
+    return bool(done)
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_cancel_racing_a_heartbeat_echo_stops_the_cabinet(
+    device_peer: DevicePeer, topic_prefix: str, steps: int
+) -> None:
+    seed = uuid.uuid4().int % 10**9
+    config = CabinetConfig(
+        imei=generate_imeis(1, prefix="8646", seed=seed)[0],
+        slots=4,
+        ingest_url=device_peer.url,
+        topic_prefix=topic_prefix,
+        first_upload_delay_s=3600.0,
+        heartbeat_interval_s=0.5,
+        echo_timeout_s=0.4,
+        disconnect_pause_s=0.1,
+        reconnect_initial_s=0.1,
+    )
+    cabinet = VirtualCabinet(config)
+    run = asyncio.create_task(cabinet.run())
+    await cabinet.wait_connected(WAIT_S)
+    armed = cancel_on_next_echo(cabinet, run, steps)
+    await asyncio.wait_for(armed.wait(), WAIT_S)
+    assert await ended_within(run), "the cabinet kept running after it was cancelled"
+    assert run.cancelled()
+    assert cabinet.stats.mqtt_sessions == 1 and cabinet.stats.reboots == 0
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_a_cancel_racing_a_heartbeat_echo_stops_the_fleet(
+    device_peer: DevicePeer, topic_prefix: str, steps: int
+) -> None:
+    seed = uuid.uuid4().int % 10**9
+    cabinet_settings = CabinetConfig(
+        imei="0",
+        ingest_url=device_peer.url,
+        topic_prefix=topic_prefix,
+        speed=600.0,
+        first_upload_delay_s=0.05,
+        upload_channel="mqtt",
+        heartbeat_interval_s=0.5,
+        echo_timeout_s=0.4,
+        disconnect_pause_s=0.1,
+        reconnect_initial_s=0.1,
+    )
+    fleet = Fleet(FleetConfig(stations=2, slots=4, seed=seed, cabinet=cabinet_settings))
+    run = asyncio.create_task(fleet.run())
+    try:
+        await fleet.wait_connected(WAIT_S)
+        armed = cancel_on_next_echo(fleet.cabinets[0], run, steps)
+        await asyncio.wait_for(armed.wait(), WAIT_S)
+        assert await ended_within(run), "Fleet.run kept running after it was cancelled"
+        assert fleet.stats().reboots == 0
+    finally:
+        if not run.done():
+            run.cancel()
+            await asyncio.wait({run}, timeout=WAIT_S)  # bounded: before the fix this never ended
+        await fleet.aclose()

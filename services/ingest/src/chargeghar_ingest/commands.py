@@ -250,15 +250,19 @@ class CommandService:
     async def _wait(
         self, waiter: Waiter, future: asyncio.Future[DeliveredReply], timeout_s: float
     ) -> tuple[CommandOutcome, dict[str, Any] | None]:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation (request aborted,
+        # shutdown) that arrives in the same loop step as the reply, and the handler would carry on.
         try:
-            delivered = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                delivered = await asyncio.shield(future)
         except TimeoutError:
             if await self.broker.withdraw(waiter):
                 await self.broker.remember_late(waiter, self._late_window_s)
                 return "timeout", None
             # A reply claimed the waiter just as we gave up: it is being delivered, take it.
             try:
-                delivered = await asyncio.wait_for(future, CLAIM_RACE_GRACE_S)
+                async with asyncio.timeout(CLAIM_RACE_GRACE_S):
+                    delivered = await future
             except TimeoutError:
                 return "timeout", None
         return ("ok" if delivered.succeeded else "failed"), delivered.reply

@@ -7,7 +7,9 @@ Lifecycle (protocol.md §2): HTTP connect → MQTT session with the returned cre
 
 Simulated time runs ``speed`` times faster than real time: a cabinet at speed 60 uploads every 20 s and sends
 a heartbeat every ~9.5 s. Every loop is bounded by the task that runs it; stop a cabinet by cancelling
-:meth:`VirtualCabinet.run` (the fleet does this).
+:meth:`VirtualCabinet.run` (the fleet does this). A cancellation always wins: no loop goes round again, and no
+session reconnects, once its task was asked to stop, even when aiomqtt's ``wait_for`` dropped the request
+(see :mod:`chargeghar_ingest.simulator.stopping`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from chargeghar_protocol.signing import device_sign
 from chargeghar_ingest.simulator import frames
 from chargeghar_ingest.simulator.cabinet import CabinetState, EjectOutcome, PowerBank, Slot
 from chargeghar_ingest.simulator.faults import Fault, FaultPlan
+from chargeghar_ingest.simulator.stopping import (
+    cancel_and_wait,
+    raise_if_cancel_requested,
+    run_until_first_exit,
+)
 
 __all__ = [
     "CabinetConfig",
@@ -226,19 +233,25 @@ class VirtualCabinet:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.config.http_timeout_s)
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._session_loop())
-                group.create_task(self._upload_loop())
+            # The loops end only by an error, which ends the cabinet.
+            await run_until_first_exit(
+                [
+                    (f"cabinet-{self.imei}-session", self._session_loop()),
+                    (f"cabinet-{self.imei}-uploads", self._upload_loop()),
+                ],
+                what=f"cabinet {self.imei}",
+            )
         finally:
-            for task in list(self._background):
-                task.cancel()
+            # Command handlers started by the (now stopped) receive loop.
+            await cancel_and_wait(list(self._background), what=f"cabinet {self.imei} commands")
             self.connected.clear()
             if self._owns_http and self._http is not None:
                 await self._http.aclose()
                 self._http = None
 
     async def wait_connected(self, within_s: float = 10.0) -> None:
-        await asyncio.wait_for(self.connected.wait(), within_s)
+        async with asyncio.timeout(within_s):
+            await self.connected.wait()
 
     async def upload_now(self) -> SentFrame:
         """Send a full-cabinet 0x10 upload now, over the configured channel."""
@@ -301,11 +314,15 @@ class VirtualCabinet:
     async def _session_loop(self) -> None:
         backoff = self.config.reconnect_initial_s
         while True:
+            # A reboot or a broker error can surface after a stop request that aiomqtt's wait_for dropped
+            # (e.g. in the disconnect): then the cabinet stops instead of reconnecting for ever.
+            raise_if_cancel_requested()
             try:
                 credentials = await self._connect_http()
                 await self._run_session(credentials)
                 backoff = self.config.reconnect_initial_s
             except _Reboot as reboot:
+                raise_if_cancel_requested()
                 logger.info("cabinet %s: session closed (%s), reconnecting", self.imei, reboot)
                 self._session = None
                 self.connected.clear()
@@ -313,6 +330,7 @@ class VirtualCabinet:
                 await asyncio.sleep(self.config.disconnect_pause_s)
                 continue
             except (aiomqtt.MqttError, httpx.HTTPError, ConnectRejected, OSError) as error:
+                raise_if_cancel_requested()
                 logger.warning("cabinet %s: connection failed: %s; retry in %.1fs", self.imei, error, backoff)
             finally:
                 self._session = None
@@ -338,19 +356,20 @@ class VirtualCabinet:
             session = _Session(client, self.topics)
             await client.subscribe(self.topics.get, qos=1)
             await client.subscribe(self.topics.heart, qos=1)
+            raise_if_cancel_requested()  # connect and subscribe await aiomqtt's wait_for
             self._session = session
             self.stats.mqtt_sessions += 1
             self.connected.set()
             logger.info("cabinet %s: MQTT session open on %s:%d", self.imei, host, port)
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._receive_loop(session))
-                    group.create_task(self._heartbeat_loop(session))
-                    group.create_task(self._watch_disconnect_fault())
-            except* _Reboot as reboots:
-                raise reboots.exceptions[0] from None
-            except* aiomqtt.MqttError as errors:
-                raise errors.exceptions[0] from None
+            # Ends with the first _Reboot or MqttError of the three, or CancelledError when stopped.
+            await run_until_first_exit(
+                [
+                    (f"cabinet-{self.imei}-receive", self._receive_loop(session)),
+                    (f"cabinet-{self.imei}-heartbeat", self._heartbeat_loop(session)),
+                    (f"cabinet-{self.imei}-disconnect-fault", self._watch_disconnect_fault()),
+                ],
+                what=f"cabinet {self.imei} session",
+            )
 
     async def _watch_disconnect_fault(self) -> None:
         await self._disconnect_requested.wait()
@@ -390,9 +409,10 @@ class VirtualCabinet:
             interval = self._heartbeat_interval()
             started = time.monotonic()
             try:
-                await asyncio.wait_for(
-                    session.echo_received.wait(), min(self.config.echo_timeout_s, interval)
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that arrives in
+                # the step the echo does, and this loop then rebooted the session of a stopped cabinet.
+                async with asyncio.timeout(min(self.config.echo_timeout_s, interval)):
+                    await session.echo_received.wait()
                 consecutive_misses = 0
             except TimeoutError:
                 consecutive_misses += 1
@@ -480,6 +500,7 @@ class VirtualCabinet:
         wire = self.faults.apply_frame_faults(frame) if apply_faults else frame
         record = SentFrame("mqtt", topic, frame[3] if len(frame) > 3 else -1, wire, time.time())
         await session.client.publish(topic, wire, qos=1)
+        raise_if_cancel_requested()  # the QoS 1 publish awaits aiomqtt's wait_for
         if topic != self.topics.heart:
             self.stats.replies_sent += 1
         self._record(record)
@@ -577,6 +598,7 @@ class VirtualCabinet:
                         await self.upload_now()
                     except CabinetOffline:
                         logger.info("cabinet %s: upload skipped, no MQTT session", self.imei)
+            raise_if_cancel_requested()
             await asyncio.sleep(self._scaled(self.config.upload_interval_s, UPLOAD_PERIOD_S))
 
     def _heartbeat_interval(self) -> float:

@@ -25,6 +25,7 @@ from chargeghar_ingest.simulator.device import (
     ReturnChannel,
     VirtualCabinet,
 )
+from chargeghar_ingest.simulator.stopping import cancel_and_wait, raise_if_cancel_requested
 
 __all__ = ["Fleet", "FleetConfig", "generate_imeis", "luhn_check_digit"]
 
@@ -113,7 +114,11 @@ class Fleet:
         self._rng = rng
 
     async def run(self, duration_s: float | None = None) -> None:
-        """Run every cabinet until ``duration_s`` has passed (or until cancelled)."""
+        """Run every cabinet until ``duration_s`` has passed (or until cancelled).
+
+        The stop is bounded: cabinets are cancelled until they have ended (see
+        :func:`~chargeghar_ingest.simulator.stopping.cancel_and_wait`), a cancellation always wins.
+        """
         tasks: list[asyncio.Task[None]] = []
         try:
             async with asyncio.timeout(duration_s):
@@ -124,13 +129,15 @@ class Fleet:
                         await asyncio.sleep(spread)
                 if self.config.auto_return_after_s is not None:
                     tasks.append(asyncio.create_task(self._auto_return_loop(), name="auto-return"))
-                await asyncio.gather(*tasks)
+                # Not gather: a cancelled gather waits for every child, also one that lost its cancel.
+                if tasks:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                    for task in done:
+                        task.result()  # a cabinet ends only by an error; it ends the fleet
         except TimeoutError:
             logger.info("fleet: duration of %.0fs reached", duration_s or 0)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks, what="fleet")
 
     async def wait_connected(self, within_s: float = 30.0) -> None:
         async with asyncio.timeout(within_s):
@@ -158,6 +165,7 @@ class Fleet:
                 if (now - first_seen) * speed < self.config.auto_return_after_s:
                     continue
                 await self._return_somewhere(sn)
+                raise_if_cancel_requested()  # a return publishes over aiomqtt (wait_for)
             for sn in list(self._rented_at):
                 if sn not in self.rented_banks:
                     del self._rented_at[sn]

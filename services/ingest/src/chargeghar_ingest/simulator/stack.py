@@ -1,8 +1,10 @@
 """Run the system as child processes: broker, core, ingest (for `make dev`, end-to-end tests, benchmarks).
 
 Each part is a :class:`ServiceProcess`: started with its settings as environment variables, its output
-appended to a log file, stopped with SIGTERM (SIGKILL after a grace period) or killed outright. Nothing here
-imports core or ingest code; the parts are reached only over their command lines and HTTP APIs.
+appended to a log file, stopped with SIGTERM (SIGKILL after a grace period) or killed outright. On Linux every
+child also dies with the process that started it (:func:`die_with_parent`), so a runner that is killed
+(SIGKILL, a CI time limit) leaves no broker or service behind. Nothing here imports core or ingest code; the
+parts are reached only over their command lines and HTTP APIs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "ServiceProcess",
     "StackConfig",
     "StackError",
+    "die_with_parent",
     "embedded_broker_process",
     "free_port",
     "mosquitto_config",
@@ -40,6 +43,31 @@ __all__ = [
 
 class StackError(RuntimeError):
     """A child process did not start, or a start-up step failed."""
+
+
+# Run by the child's own interpreter before it becomes the real command: prctl(PR_SET_PDEATHSIG, SIGKILL)
+# survives the exec. Done in a fresh process rather than in a Popen preexec_fn, which is unsafe when the
+# parent has threads (pytest, asyncio executors). If the parent died before the prctl, nobody would send the
+# signal: the getppid check covers that window.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("parent exited before the child started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent(command: Sequence[str]) -> list[str]:
+    """``command`` made to die (SIGKILL) when the process starting it dies, even by SIGKILL (Linux only).
+
+    The kernel sends the signal when the *thread* that started the child ends: start children from the
+    main thread or from a thread that lives as long as they should (``asyncio.to_thread`` workers do).
+    """
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def free_port() -> int:
@@ -94,6 +122,8 @@ class ServiceProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     cwd: Path | None = None
+    # False only for a child meant to outlive its starter (none so far).
+    dies_with_parent: bool = True
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -106,8 +136,9 @@ class ServiceProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
             output = self._log
+        command = die_with_parent(self.command) if self.dies_with_parent else list(self.command)
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            list(self.command),
+            command,
             env=environment,
             cwd=self.cwd,
             stdout=output,
@@ -290,6 +321,8 @@ class LocalStack:
             "INGEST_MQTT__PUBLIC_HOST": config.broker_host,
             "INGEST_MQTT__PUBLIC_PORT": str(config.broker_port),
             "INGEST_MQTT__TOPIC_PREFIX": config.topic_prefix,
+            # The default client id (ingest-<hostname>) is one per host; stacks side by side need their own.
+            "INGEST_MQTT__CLIENT_ID": f"ingest-{socket.gethostname()}-{config.ingest_port}",
             "INGEST_CORE__BASE_URL": config.core_url,
             "INGEST_CORE__EMAIL": config.service_email,
             "INGEST_CORE__PASSWORD": config.service_password,
@@ -301,7 +334,7 @@ class LocalStack:
     def run_cli(self, *args: str, within_s: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run a ``chargeghar`` subcommand against this stack's database."""
         return subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
-            python_module("chargeghar_protocol.cli", *args),
+            die_with_parent(python_module("chargeghar_protocol.cli", *args)),
             env={**os.environ, **self.core_environment()},
             cwd=self.config.repo_root,
             capture_output=True,
@@ -312,7 +345,7 @@ class LocalStack:
 
     def migrate(self) -> None:
         result = subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
-            python_module("chargeghar_core", "migrate"),
+            die_with_parent(python_module("chargeghar_core", "migrate")),
             env={**os.environ, **self.core_environment()},
             cwd=self.config.repo_root,
             capture_output=True,
