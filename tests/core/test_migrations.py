@@ -24,6 +24,7 @@ CORE_TABLES = {
     "station_status_history",
     "sync_logs",
     "processed_events",
+    "devices",
 }
 
 

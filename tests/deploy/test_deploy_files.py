@@ -29,6 +29,7 @@ import yaml
 from chargeghar_ingest.simulator.cabinet import CabinetState
 from chargeghar_ingest.simulator.device import CabinetConfig, VirtualCabinet
 from chargeghar_ingest.simulator.stack import die_with_parent
+from chargeghar_protocol.signing import device_sign
 from deploy_support import (
     COMPOSE_ENV_EXAMPLE,
     DEPLOY,
@@ -344,6 +345,11 @@ async def running_cabinet(imei: str, ingest_url: str, broker_port: int) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
+def _connect_params(imei: str) -> dict[str, str]:
+    params = {"uuid": imei, "deviceId": "0", "simUUID": "", "simMobile": ""}
+    return {**params, "sign": device_sign(params)}
+
+
 def ok(response: httpx.Response, status: int = 200) -> Any:
     assert response.status_code == status, (
         f"{response.request.method} {response.request.url}: {response.text}"
@@ -459,6 +465,15 @@ async def _run_stack(stack: Stack, servers: LocalServers, processes: Processes, 
         assert wrong.json() == {"result": "deny"}
 
         imei = f"8646010{random.randrange(10**7, 10**8)}"
+        # Production provisioning is `registry`: an unknown station gets no credentials until an admin
+        # registers (or approves) its IMEI.
+        refused = await http.get(
+            f"{ingest_url}/api/iot/client/con", params=_connect_params(imei), timeout=FLOW_TIMEOUT_S
+        )
+        assert refused.json()["code"] == 403 and refused.json()["data"] is None, refused.text
+        pending = ok(await http.get(f"{core_urls[0]}/api/admin/devices?status=pending", headers=admin))
+        assert imei in [device["imei"] for device in pending["items"]]
+        ok(await http.post(f"{core_urls[1]}/api/admin/devices/{imei}/approve", headers=admin))
         async with running_cabinet(imei, ingest_url, servers.broker_port) as cabinet:
             assert cabinet.credentials is not None
             assert cabinet.credentials.host == ingest_env["INGEST_MQTT__PUBLIC_HOST"]

@@ -273,8 +273,13 @@ async def test_authentication_validation_and_masked_audit(
         await wait_until(delivered)
         assert cabinet.received[0][0] == {"cmd": "setWifi", "username": "cafe", "password": "s3cret"}
         audit = await ingest.runtime.spool.audit_rows(IMEI)
-        assert len(audit) == 1 and audit[0].caller == "core-test"
-        assert audit[0].payload["password"] == "***" and "s3cret" not in json.dumps(audit[0].payload)
+        # The invalid command is audited as refused; unsigned or unauthorised requests are not.
+        assert [(a.cmd, a.outcome, a.refusal_code) for a in audit] == [
+            ("popup_sn", "refused", "VALIDATION_ERROR"),
+            ("setWifi", "ok", None),
+        ]
+        assert audit[1].caller == "core-test"
+        assert audit[1].payload["password"] == "***" and "s3cret" not in json.dumps(audit[1].payload)
 
 
 @pytest.mark.redis
@@ -378,3 +383,85 @@ async def test_a_cancelled_reply_wait_stays_cancelled_when_the_reply_lands_in_th
         assert cancel_requested.is_set() or steps > 0, "a zero-step cancel always reaches the running wait"
         if cancel_requested.is_set():
             assert wait.cancelled(), f"the wait returned {wait.result()!r} although it was cancelled"
+
+
+async def test_every_command_is_audited_and_forwarded_to_core_refused_ones_included(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str
+) -> None:
+    async with (
+        running_ingest(settings_for(tmp_path, mqtt_broker, topic_prefix)) as ingest,
+        fake_cabinet(mqtt_broker, topic_prefix, FakeCabinet(silent)),
+    ):
+        await until_online(ingest)
+        caller = {"X-Caller": "admin:ops@example.com", "X-Correlation-Id": "corr-audit-1"}
+        offline_imei = "864601069949999"
+        offline = await send(ingest, {"cmd": "check", "command_id": "c-offline"}, imei=offline_imei)
+        assert offline.status_code == 409 and offline.json()["error"] == "DEVICE_OFFLINE"
+
+        first = asyncio.create_task(send(ingest, {"cmd": "check", "timeout_s": 0.5, "command_id": "c-check"}))
+
+        async def in_flight() -> bool:
+            return ingest.runtime.metrics.counters["commands_total"] == 1
+
+        await wait_until(in_flight)
+        busy = await send(
+            ingest,
+            {"cmd": "setWifi", "username": "cafe", "password": "s3cret", "command_id": "c-busy"},
+            headers=caller,
+        )
+        assert busy.status_code == 409 and busy.json()["error"] == "DEVICE_BUSY"
+        assert (await first).json()["data"]["outcome"] == "timeout"
+        invalid = await send(ingest, {"cmd": "selfDestruct", "password": "hunter2", "command_id": "c-bad"})
+        assert invalid.status_code == 400
+        sent = await send(
+            ingest, {"cmd": "setWifi", "username": "cafe", "password": "s3cret", "command_id": "c-ok"}
+        )
+        assert sent.json()["data"]["outcome"] == "ok"
+        # The same command_id again: answered from the audit (the refused attempt with it is not "sent").
+        again = await send(
+            ingest, {"cmd": "setWifi", "username": "cafe", "password": "s3cret", "command_id": "c-busy"}
+        )
+        assert again.json()["data"]["outcome"] == "ok"
+
+        rows = await ingest.runtime.spool.audit_rows(IMEI)
+        assert [(a.command_id, a.outcome, a.refusal_code) for a in rows] == [
+            ("c-check", "timeout", None),
+            ("c-busy", "refused", "DEVICE_BUSY"),
+            ("c-bad", "refused", "VALIDATION_ERROR"),
+            ("c-ok", "ok", None),
+            ("c-busy", "ok", None),
+        ]
+        events = await ingest.event_bodies("command_audit", IMEI)
+        # Spooled as each one ends: the refusal while the check was in flight comes first.
+        assert [(e["command_id"], e["outcome"], e.get("refusal_code")) for e in events] == [
+            ("c-busy", "refused", "DEVICE_BUSY"),
+            ("c-check", "timeout", None),
+            ("c-bad", "refused", "VALIDATION_ERROR"),
+            ("c-ok", "ok", None),
+            ("c-busy", "ok", None),
+        ]
+        busy_event = events[0]
+        assert busy_event["refusal_status"] == 409 and busy_event["requested_by"] == "admin:ops@example.com"
+        assert busy_event["correlation_id"] == "corr-audit-1" and busy_event["cmd"] == "setWifi"
+        assert events[2]["cmd"] == "selfDestruct" and events[2]["refusal_status"] == 400
+        assert events[3]["qos"] == 1 and events[3]["elapsed_ms"] >= 0
+        spooled = json.dumps(await ingest.event_bodies("command_audit"))
+        assert "s3cret" not in spooled and "hunter2" not in spooled
+        assert all(e["payload"].get("password") in (None, "***") for e in events)
+        [offline_event] = await ingest.event_bodies("command_audit", offline_imei)
+        assert (offline_event["outcome"], offline_event["refusal_code"]) == ("refused", "DEVICE_OFFLINE")
+
+
+async def test_audit_forwarding_can_be_switched_off_for_a_legacy_core(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str
+) -> None:
+    settings = settings_for(tmp_path, mqtt_broker, topic_prefix, commands={"forward_audit": False})
+    async with (
+        running_ingest(settings) as ingest,
+        fake_cabinet(mqtt_broker, topic_prefix, FakeCabinet(silent)),
+    ):
+        await until_online(ingest)
+        assert (await send(ingest, {"cmd": "reboot"})).json()["data"]["outcome"] == "ok"
+        assert (await send(ingest, {"cmd": "check"}, imei="864601069949999")).status_code == 409
+        assert [a.outcome for a in await ingest.runtime.spool.audit_rows(IMEI)] == ["ok"]
+        assert await ingest.event_bodies("command_audit") == []

@@ -37,7 +37,12 @@ async def upload(ingest: RunningIngest, station: str = STATION) -> None:
 
 
 async def statuses(ingest: RunningIngest, station: str = STATION) -> list[str]:
-    return [e["device"]["status"] for e in await ingest.event_bodies("status", station)]
+    """The HTTP channel's transitions (uploads are HTTP; presence is kept per channel)."""
+    return [
+        e["channels"]["http"]
+        for e in await ingest.event_bodies("status", station)
+        if e.get("channel") == "http"
+    ]
 
 
 @pytest.fixture(params=["memory", "redis"])

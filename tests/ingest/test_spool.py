@@ -100,15 +100,18 @@ async def test_return_dedupe_window(tmp_path: Path) -> None:
 
         base = 1_762_928_800.0
         args = {"station": "A", "power_bank_serial": "40818052", "slot_number": 3, "dedupe_window_s": 90.0}
-        assert await spool.enqueue_return(returned("r1"), observed_ts=base, **args) == ("r1", False)
-        assert await spool.enqueue_return(returned("r2"), observed_ts=base + 30, **args) == ("r1", True)
+        assert (await spool.enqueue_return(returned("r1"), observed_ts=base, **args))[:2] == ("r1", False)
+        assert (await spool.enqueue_return(returned("r2"), observed_ts=base + 30, **args))[:2] == ("r1", True)
         other_slot = {**args, "slot_number": 4}
-        assert await spool.enqueue_return(returned("r3"), observed_ts=base + 30, **other_slot) == (
+        assert (await spool.enqueue_return(returned("r3"), observed_ts=base + 30, **other_slot))[:2] == (
             "r3",
             False,
         )
         # Long after: the same bank returned to the same slot again is a new return.
-        assert await spool.enqueue_return(returned("r4"), observed_ts=base + 600, **args) == ("r4", False)
+        assert (await spool.enqueue_return(returned("r4"), observed_ts=base + 600, **args))[:2] == (
+            "r4",
+            False,
+        )
         assert [e.event_id for e in await spool.pending_events()] == ["r1", "r3", "r4"]
     finally:
         await spool.close()
@@ -129,8 +132,8 @@ async def test_a_later_report_completes_a_waiting_return(tmp_path: Path) -> None
         args = {"station": "A", "power_bank_serial": "40818052", "slot_number": 3, "dedupe_window_s": 90.0}
         http_first = returned("r1", None, {"source": "http"})
         frame_later = returned("r2", 95, {"source": "mqtt", "soft_version": 202})
-        assert await spool.enqueue_return(http_first, observed_ts=1000.0, **args) == ("r1", False)
-        assert await spool.enqueue_return(frame_later, observed_ts=1002.0, **args) == ("r1", True)
+        assert (await spool.enqueue_return(http_first, observed_ts=1000.0, **args))[:2] == ("r1", False)
+        assert (await spool.enqueue_return(frame_later, observed_ts=1002.0, **args))[:2] == ("r1", True)
         [event] = await spool.pending_events()
         assert event.event_id == "r1"
         assert event.body["return_event"]["battery_level"] == 95
@@ -139,7 +142,10 @@ async def test_a_later_report_completes_a_waiting_return(tmp_path: Path) -> None
 
         # Once delivered, a late duplicate changes nothing and adds nothing.
         await spool.ack([event.seq])
-        assert await spool.enqueue_return(returned("r3", 50, {}), observed_ts=1003.0, **args) == ("r1", True)
+        assert (await spool.enqueue_return(returned("r3", 50, {}), observed_ts=1003.0, **args))[:2] == (
+            "r1",
+            True,
+        )
         assert await spool.pending_events() == []
     finally:
         await spool.close()

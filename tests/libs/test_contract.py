@@ -159,14 +159,15 @@ def test_numbers_sent_where_text_is_expected_become_text() -> None:
     assert event.slots[0].slot_metadata.micro_switch == "1"
 
 
-def test_battery_level_unknown_byte_reads_as_zero() -> None:
+def test_battery_level_unknown_byte_reads_as_unknown() -> None:
     raw = json.loads(LEGACY_FULL)
     raw["slots"][2]["battery_level"] = 255
     raw["power_banks"][0]["battery_level"] = 255
     event = parse_station_event(raw)
     assert isinstance(event, FullEvent)
-    assert event.slots[2].battery_level == 0
-    assert event.power_banks[0].battery_level == 0
+    # Unknown is not zero: None, so core keeps the level it knows.
+    assert event.slots[2].battery_level is None
+    assert event.power_banks[0].battery_level is None
 
 
 def test_naive_and_offset_datetimes_become_utc() -> None:

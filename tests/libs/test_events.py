@@ -227,7 +227,7 @@ def test_vendor_8_port_frame_lists_every_slot_and_bank() -> None:
     ]
     assert [bank.current_slot for bank in event.power_banks] == [1, 3, 5, 7]
     assert event.power_banks[0].hardware_info.temperature == 31
-    assert event.device.signal_strength == "0"
+    assert event.device.signal_strength is None  # no signal parameter: nothing to overwrite the heartbeat's
 
 
 # --------------------------------------------------------------------------- hole-state mapping
@@ -301,7 +301,10 @@ def test_unavailable_measurements_are_not_invented() -> None:
     event = snapshot_to_full_event(
         _snapshot(_hole(1, 0x01, 40818052, soc=0xFF, temp=0xFF)), imei=IMEI, received_at=RECEIVED_AT
     )
-    assert event.slots[0].battery_level == 0  # the legacy "unknown" value for a required field
+    # Unknown (0xFF) is not zero: omitted, so core keeps the level it knows.
+    assert event.slots[0].battery_level is None
+    assert event.power_banks[0].battery_level is None
+    assert "battery_level" not in event.to_wire()["slots"][0]
     bank_info = event.to_wire()["power_banks"][0]["hardware_info"]
     assert "temperature" not in bank_info
     assert bank_info["voltage"] == 50
@@ -317,12 +320,12 @@ def test_unavailable_measurements_are_not_invented() -> None:
         ("csq:7", "7"),
         ("RSSI:-70", "-70"),
         ("27", "27"),
-        ("", "0"),
-        (None, "0"),
-        ("CSQ:", "0"),
+        ("", None),
+        (None, None),
+        ("CSQ:", None),
     ],
 )
-def test_normalize_signal(signal: str | None, expected: str) -> None:
+def test_normalize_signal(signal: str | None, expected: str | None) -> None:
     assert normalize_signal(signal) == expected
 
 
@@ -353,6 +356,8 @@ def test_vendor_return_frame_gives_returned_event_with_frame_soc() -> None:
             "returned_at": "2025-11-12T06:26:16.509Z",
             "condition": "NORMAL",
             "hardware_info": {"soft_version": 0xCA, "area_code": 4, "control_index": 0x10, "return_state": 1},
+            # A 0x40 frame arrives over MQTT: a corroborated return (an HTTP-only report is a claim).
+            "source": "mqtt",
         },
         "event_id": "ret-1",
         "observed_at": "2025-11-12T06:26:16.509Z",

@@ -126,13 +126,18 @@ async def test_late_return_charges_the_late_fee_once_for_duplicate_and_replayed_
 
     first = await client.sync(event, event_id="return-mqtt-1")
     duplicate = await client.sync(event, event_id="return-mqtt-1")
-    replay = await client.sync(event, event_id="return-http-1")  # the same return reported over HTTP
+    # The same signed request again under a new event id is a replay: recognised by its signature.
+    replay = await client.sync(event, event_id="return-http-1")
+    # The same return reported again in another body (e.g. over HTTP, without the SOC): no open rental left.
+    http_report = {**event, "return_event": {**event["return_event"], "battery_level": None}}
+    again = await client.sync(http_report, event_id="return-http-2")
 
     assert first.json()["data"]["rental_status"] == "COMPLETED"
     assert first.json()["data"]["returned_on_time"] is False
     assert first.json()["data"]["late_fee_paisa"] == 3750
     assert duplicate.json()["data"]["duplicate"] is True
-    assert replay.status_code == 200 and replay.json()["data"]["rehomed"] is True
+    assert replay.status_code == 200 and replay.json()["data"]["duplicate"] is True
+    assert again.status_code == 200 and again.json()["data"]["rehomed"] is True
     assert await _ledger(session, renter) == [
         ("ADJUSTMENT", 10_000),
         ("RENTAL_CHARGE", -5000),

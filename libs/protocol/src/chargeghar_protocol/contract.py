@@ -20,6 +20,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "COMMAND_SECRET_FIELDS",
     "ERROR_HTTP_STATUS",
     "EVENT_TYPES",
     "STATION_EVENT_ADAPTER",
@@ -36,6 +38,8 @@ __all__ = [
     "BatchRequest",
     "BatchResponseData",
     "BatteryLevel",
+    "CommandAuditEvent",
+    "CommandAuditOutcome",
     "CommandOutcome",
     "CommandRequest",
     "CommandResult",
@@ -49,11 +53,14 @@ __all__ = [
     "ErrorEnvelope",
     "FullEvent",
     "FullSyncResult",
+    "LooseValue",
     "Pinboard",
     "PowerBankHardwareInfo",
     "PowerBankSnapshot",
     "PowerBankStatus",
+    "PresenceChannel",
     "ReturnEventInfo",
+    "ReturnFailedEvent",
     "ReturnedEvent",
     "SlotEvent",
     "SlotMetadata",
@@ -65,9 +72,11 @@ __all__ = [
     "StatusDeviceInfo",
     "StatusEvent",
     "SuccessEnvelope",
+    "SwitchFlag",
     "UtcDatetime",
     "error_code_for_validation_error",
     "format_iso_instant",
+    "mask_command_secrets",
     "parse_batch_request",
     "parse_station_event",
     "validation_error_details",
@@ -194,14 +203,40 @@ def format_iso_instant(value: datetime) -> str:
     return f"{text}.{micros:06d}Z"
 
 
-def _battery_or_unknown(value: int) -> int:
-    # The device's "unknown" (0xFF) and other out-of-range bytes become 0, as the legacy bridge sent them;
-    # rejecting the whole snapshot over one odd slot would lose every other slot's state.
-    return value if 0 <= value <= 100 else 0
+def _battery_or_unknown(value: int | None) -> int | None:
+    # The device's "unknown" (0xFF) and other out-of-range bytes are unknown (None), never 0: an unknown
+    # reading must not overwrite a known one. Rejecting the whole snapshot over one odd slot would lose
+    # every other slot's state, so it is not refused either.
+    if value is None:
+        return None
+    return value if 0 <= value <= 100 else None
 
 
-BatteryLevel = Annotated[int, AfterValidator(_battery_or_unknown)]
-"""Battery percentage 0-100; anything outside that range (0xFF = unknown) is read as 0."""
+BatteryLevel = Annotated[int | None, AfterValidator(_battery_or_unknown)]
+"""Battery percentage 0-100, or None = unknown (absent, or outside 0-100 such as the device's 0xFF)."""
+
+
+def _switch_flag(value: Any) -> Any:
+    # The legacy core stored these blocks as free JSON: "1"/"0", 1/0 and true/false all arrive.
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return "1" if value else "0"
+    text = str(value).strip().lower()
+    if text in {"1", "true", "on", "yes"}:
+        return "1"
+    if text in {"0", "false", "off", "no"}:
+        return "0"
+    return str(value)
+
+
+SwitchFlag = Annotated[str | None, BeforeValidator(_switch_flag)]
+"""A sensor switch as ``"1"``/``"0"`` (normalised from ``true``/``1``/``"1"``…); other text kept as sent."""
+
+LooseValue = int | float | str | bool | None
+"""A free-form ``hardware_info``/``slot_metadata`` value: stored as sent (core computes nothing on it)."""
 
 UtcDatetime = Annotated[
     datetime,
@@ -293,9 +328,9 @@ class StationInfo(ContractModel):
 
 
 class SlotMetadata(_FreeFormInfo):
-    micro_switch: str | None = None  # "1" = empty (sensor bit 7), as the legacy bridge sends it
-    solenoid_valve: str | None = None
-    lock_count: int = 0
+    micro_switch: SwitchFlag = None  # "1" = empty (sensor bit 7), as the legacy bridge sends it
+    solenoid_valve: SwitchFlag = None
+    lock_count: LooseValue = 0
     last_updated: UtcDatetime | None = None
     error_code: str | None = None  # only for fault states, e.g. "0x03"
     error_message: str | None = None
@@ -304,26 +339,28 @@ class SlotMetadata(_FreeFormInfo):
 class SlotSnapshot(ContractModel):
     slot_number: int = Field(ge=0, le=255)
     status: SlotStatus
-    battery_level: BatteryLevel = 0
+    battery_level: BatteryLevel = None  # None/omitted: unknown (core keeps the last known level)
     power_bank_serial: str | None = None  # only when a bank is in the slot
     slot_metadata: SlotMetadata = Field(default_factory=SlotMetadata)
 
 
 class PowerBankHardwareInfo(_FreeFormInfo):
-    temperature: int | None = None  # °C
-    voltage: int | None = None  # charging voltage, raw 0.1 V units (50 = 5.0 V)
-    current: int | None = None  # charging current, raw 0.1 A units
-    soft_version: int | None = None
-    hard_version: int | None = None  # legacy: really the slot's sensor byte (protocol.md §10.16)
-    micro_switch: str | None = None
-    solenoid_valve: str | None = None
-    area_code: int | None = None
+    # Free-form like the legacy core's JSON column: other bridges send floats, version strings ("1.3.2"),
+    # text area codes; they are stored as sent. Only the switches are normalised ("1"/"0").
+    temperature: LooseValue = None  # °C
+    voltage: LooseValue = None  # charging voltage, raw 0.1 V units (50 = 5.0 V)
+    current: LooseValue = None  # charging current, raw 0.1 A units
+    soft_version: LooseValue = None
+    hard_version: LooseValue = None  # legacy: really the slot's sensor byte (protocol.md §10.16)
+    micro_switch: SwitchFlag = None
+    solenoid_valve: SwitchFlag = None
+    area_code: LooseValue = None
 
 
 class PowerBankSnapshot(ContractModel):
     serial_number: str
-    status: PowerBankStatus
-    battery_level: BatteryLevel = 0
+    status: PowerBankStatus  # the device's view: MAINTENANCE/DAMAGED = a fault the cabinet reports
+    battery_level: BatteryLevel = None  # None/omitted: unknown
     current_slot: int | None = None
     hardware_info: PowerBankHardwareInfo = Field(default_factory=PowerBankHardwareInfo)
 
@@ -339,6 +376,7 @@ class FullEvent(ContractModel):
     power_banks: list[PowerBankSnapshot] = Field(default_factory=list)
     event_id: str | None = None  # extension
     observed_at: UtcDatetime | None = None  # extension: when the ingest received the frame
+    correlation_id: str | None = Field(default=None, max_length=128)  # extension: logged by core
 
 
 # --------------------------------------------------------------------------- type = "returned"
@@ -351,6 +389,11 @@ class ReturnEventInfo(ContractModel):
     returned_at: UtcDatetime | None = None
     condition: str = "NORMAL"
     hardware_info: dict[str, Any] = Field(default_factory=dict)
+    # The channel that reported it. "http": the device HTTP call only (its sign is an unkeyed MD5 over
+    # public fields, so it proves nothing): a claim that core completes only once a 0x40 over MQTT, a
+    # `check` or a snapshot corroborates it. "mqtt" or absent (the legacy bridge sent 0x40 returns only):
+    # corroborated, completes at once.
+    source: Literal["mqtt", "http"] | None = None
 
 
 class ReturnedEvent(ContractModel):
@@ -362,19 +405,32 @@ class ReturnedEvent(ContractModel):
     return_event: ReturnEventInfo
     event_id: str | None = None
     observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
 
 
 # --------------------------------------------------------------------------- type = "status"
 
 
+PresenceChannel = Literal["mqtt", "http"]
+"""How a station reaches us: MQTT (the only road for commands) or its HTTP calls."""
+
+
 class StatusEvent(ContractModel):
-    """Online/offline transitions and heartbeats (contract.md §2.3)."""
+    """Online/offline transitions and heartbeats (contract.md §2.3).
+
+    ``device.status`` is the station's status as a legacy core understands it: ONLINE while its MQTT link
+    is alive (commands can reach it). Extensions: ``channel`` names the channel whose liveness changed and
+    ``channels`` gives each channel's state, so HTTP-only life is recorded without claiming ONLINE."""
 
     type: Literal["status"] = "status"
     timestamp: int
     device: StatusDeviceInfo
+    channel: PresenceChannel | None = None  # extension
+    channels: dict[PresenceChannel, StationStatus] | None = None  # extension
+    reason: str | None = Field(default=None, max_length=200)  # extension: e.g. broker disconnect reason
     event_id: str | None = None
     observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
 
 
 # --------------------------------------------------------------------------- extensions (contract §2.4)
@@ -394,6 +450,7 @@ class CommandResultEvent(ContractModel):
     elapsed_ms: int | None = Field(default=None, ge=0)
     event_id: str | None = None
     observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
 
 
 class SlotEvent(ContractModel):
@@ -419,15 +476,81 @@ class SlotEvent(ContractModel):
     area_code: int | None = None
     event_id: str | None = None
     observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
+
+
+class ReturnFailedEvent(ContractModel):
+    """A 0x40 return report whose state is not 0x01: the insertion failed (extension; protocol.md §4.7).
+
+    Nothing changes hands (no rental is closed); core records it and counts it per state code, so a
+    fleet-wide return fault (area-code mismatches, a firmware bug) can be seen and alerted on."""
+
+    type: Literal["return_failed"] = "return_failed"
+    timestamp: int
+    device: DeviceInfo
+    slot_number: int = Field(ge=0, le=255)
+    control_index: int | None = None
+    state_code: int = Field(ge=0, le=255)  # return-state vocabulary (protocol.md §4.12.3)
+    state_name: str = Field(max_length=64)
+    state_description: str | None = Field(default=None, max_length=200)
+    power_bank_serial: str | None = None  # when the frame named one
+    battery_level: BatteryLevel = None
+    soft_version: int | None = None
+    area_code: int | None = None
+    event_id: str | None = None
+    observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
+
+
+CommandAuditOutcome = Literal["ok", "failed", "timeout", "refused"]
+
+
+class CommandAuditEvent(ContractModel):
+    """One command asked of a station, sent or refused, as the ingest's audit trail records it (extension).
+
+    Core only records it (sync log, ``event_type = command_audit``), so every replica's audit is readable in
+    one place. ``payload`` is the request with secrets masked (a Wi-Fi password is ``***``)."""
+
+    type: Literal["command_audit"] = "command_audit"
+    timestamp: int
+    device: DeviceInfo
+    command_id: str | None = Field(default=None, max_length=128)  # None when the request carried none
+    cmd: str = Field(max_length=64)  # as asked, even an unknown command
+    requested_by: str | None = Field(default=None, max_length=128)  # the X-Caller of the request
+    outcome: CommandAuditOutcome
+    refusal_code: str | None = Field(default=None, max_length=64)  # DEVICE_BUSY, DEVICE_OFFLINE, ...
+    refusal_status: int | None = Field(default=None, ge=100, le=599)  # the HTTP status answered
+    elapsed_ms: int | None = Field(default=None, ge=0)
+    qos: int | None = Field(default=None, ge=0, le=2)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    reply: dict[str, Any] | None = None  # the decoded reply frame, or the publish error
+    replica: str | None = Field(default=None, max_length=128)  # the ingest replica that handled it
+    event_id: str | None = None
+    observed_at: UtcDatetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=128)
 
 
 StationEvent = Annotated[
-    FullEvent | ReturnedEvent | StatusEvent | CommandResultEvent | SlotEvent,
+    FullEvent
+    | ReturnedEvent
+    | StatusEvent
+    | CommandResultEvent
+    | SlotEvent
+    | ReturnFailedEvent
+    | CommandAuditEvent,
     Field(discriminator="type"),
 ]
 """Any event accepted by ``POST /api/internal/stations/data``, chosen by its ``type``."""
 
-EVENT_TYPES: tuple[str, ...] = ("full", "returned", "status", "command_result", "slot_event")
+EVENT_TYPES: tuple[str, ...] = (
+    "full",
+    "returned",
+    "status",
+    "command_result",
+    "slot_event",
+    "return_failed",
+    "command_audit",
+)
 
 STATION_EVENT_ADAPTER: TypeAdapter[StationEvent] = TypeAdapter(StationEvent)
 
@@ -586,10 +709,16 @@ class CommandRequest(ContractModel):
 
     def audit_payload(self) -> dict[str, Any]:
         """The request as stored in the audit log, secrets masked."""
-        payload = self.model_dump(mode="json", exclude_none=True)
-        if "password" in payload:
-            payload["password"] = _MASK
-        return payload
+        return mask_command_secrets(self.model_dump(mode="json", exclude_none=True))
+
+
+# Request fields that are secrets: masked wherever a command is recorded.
+COMMAND_SECRET_FIELDS = frozenset({"password"})
+
+
+def mask_command_secrets(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A command request (even one that failed validation) with its secrets masked, for the audit log."""
+    return {key: (_MASK if key in COMMAND_SECRET_FIELDS else value) for key, value in payload.items()}
 
 
 class CommandResult(ContractModel):

@@ -33,6 +33,7 @@ from chargeghar_protocol.contract import (
     PowerBankStatus,
     ReturnedEvent,
     ReturnEventInfo,
+    ReturnFailedEvent,
     SlotEvent,
     SlotMetadata,
     SlotSnapshot,
@@ -53,6 +54,7 @@ __all__ = [
     "map_slot_report_state",
     "normalize_signal",
     "pinboard_io",
+    "return_to_failed_event",
     "return_to_returned_event",
     "slot_report_to_slot_event",
     "snapshot_to_full_event",
@@ -133,19 +135,20 @@ def map_slot_report_state(state: int, *, has_bank: bool) -> tuple[SlotStatus, Po
 # --------------------------------------------------------------------------- small conversions
 
 
-def normalize_signal(signal: str | None) -> str:
+def normalize_signal(signal: str | None) -> str | None:
     """The upload's ``signal`` parameter as the legacy ``signal_strength``: ``"CSQ:31"`` → ``"31"``.
 
-    A missing or empty value becomes ``"0"``, as the legacy controller defaulted it.
+    A missing or empty value is None (omitted from the event): the legacy controller's default "0" would
+    overwrite the real signal the heartbeat reported.
     """
     if signal is None:
-        return "0"
+        return None
     text = signal.strip()
     for prefix in ("CSQ:", "RSSI:"):
         if text.upper().startswith(prefix):
             text = text[len(prefix) :].strip()
             break
-    return text or "0"
+    return text or None
 
 
 def pinboard_io(board: BoardRecord) -> int:
@@ -180,7 +183,9 @@ def _slot_snapshot(hole: HoleRecord, status: HoleStatus, received_at: datetime) 
     return SlotSnapshot(
         slot_number=hole.hole,
         status=status.slot_status,
-        battery_level=hole.soc or 0,  # 0xFF ("unknown") → 0, as the legacy bridge sent it
+        # An empty hole has no battery (0); a bank's 0xFF ("unknown") stays unknown (None, omitted), so it
+        # never overwrites the level core knows.
+        battery_level=hole.soc if hole.has_bank else 0,
         power_bank_serial=hole.bank_sn,
         slot_metadata=SlotMetadata(
             micro_switch=_switch_flag(hole.micro_switch),
@@ -197,7 +202,7 @@ def _power_bank_snapshot(hole: HoleRecord, bank_status: PowerBankStatus, serial:
     return PowerBankSnapshot(
         serial_number=serial,
         status=bank_status,
-        battery_level=hole.soc or 0,
+        battery_level=hole.soc,  # None when the device says 0xFF
         current_slot=hole.hole,
         hardware_info=PowerBankHardwareInfo(
             temperature=hole.temp,  # None (omitted) when the device says 0xFF, instead of a made-up 0
@@ -309,7 +314,35 @@ def return_to_returned_event(
                 "control_index": report.board,
                 "return_state": report.state,
             },
+            source="mqtt",
         ),
+        event_id=event_id,
+        observed_at=received_at,
+    )
+
+
+def return_to_failed_event(
+    report: ReturnReport,
+    *,
+    imei: str,
+    received_at: datetime,
+    event_id: str | None = None,
+) -> ReturnFailedEvent:
+    """A ``type="return_failed"`` event for a 0x40 frame that is not a successful return."""
+    received_at = _utc(received_at)
+    known_state = ReturnState.lookup(report.state)
+    return ReturnFailedEvent(
+        timestamp=_epoch_seconds(received_at),
+        device=DeviceInfo(serial_number=imei, imei=imei, last_heartbeat=received_at),
+        slot_number=report.hole,
+        control_index=report.board,
+        state_code=report.state,
+        state_name=known_state.name if known_state is not None else f"UNKNOWN_0x{report.state:02x}",
+        state_description=describe_return_state(report.state),
+        power_bank_serial=report.sn if report.has_bank else None,
+        battery_level=report.soc,
+        soft_version=report.soft_version,
+        area_code=report.area,
         event_id=event_id,
         observed_at=received_at,
     )

@@ -15,7 +15,10 @@ from redis.asyncio import Redis
 
 from chargeghar_core import health
 from chargeghar_core.auth.endpoints import router as auth_router
+from chargeghar_core.auth.throttling import login_throttle
 from chargeghar_core.auth.tokens import TokenService
+from chargeghar_core.devices.endpoints import admin_router as devices_admin_router
+from chargeghar_core.devices.endpoints import internal_router as devices_internal_router
 from chargeghar_core.iot.endpoints import router as iot_router
 from chargeghar_core.iot.hooks import IotHooks
 from chargeghar_core.iot.recorder import FailureRecorder
@@ -33,6 +36,7 @@ from chargeghar_core.kit.ratelimit import (
     RateLimiter,
     RedisRateLimiter,
 )
+from chargeghar_core.notifications.runtime import start_notifications, stop_notifications
 from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
 from chargeghar_core.powerbanks.service import ModelCatalog
 from chargeghar_core.rentals.wiring import install_rentals
@@ -67,6 +71,10 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
     {
         "name": "admin: power banks",
         "description": "Power-bank inventory and the serial-prefix model table (staff).",
+    },
+    {
+        "name": "admin: devices",
+        "description": "The station registry: which IMEIs get MQTT credentials (register, approve, revoke).",
     },
     {"name": "renters", "description": "Renter sign-up, login and profile."},
     {"name": "renters admin", "description": "Renter accounts (staff)."},
@@ -116,7 +124,10 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
         app.state.redis = redis
         app.state.http_client = http_client
         app.state.internal_gate = InternalGate(settings, limiter)
+        app.state.login_throttle = login_throttle(settings, redis)
         app.state.failure_recorder = FailureRecorder(sessionmaker)
+        # Outbox worker: push, SMS and e-mail to renters; login codes share the rate limiter.
+        start_notifications(app, sessionmaker, http_client, limiter)
         retention_task = (
             asyncio.create_task(
                 RetentionJob(sessionmaker, settings.retention).run_forever(), name="retention"
@@ -128,6 +139,7 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
         try:
             yield
         finally:
+            await stop_notifications(app)
             if retention_task is not None:
                 retention_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +165,7 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     )
     app.state.settings = settings
     app.state.tokens = TokenService(settings.jwt)
+    app.state.login_throttle = login_throttle(settings)  # the lifespan shares it through Redis when set
     app.state.iot_hooks = hooks or IotHooks()
     app.state.model_catalog = ModelCatalog()
     install_error_handlers(app)
@@ -170,6 +183,8 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.include_router(stations_router)
     app.include_router(stations_admin_router)
     app.include_router(powerbanks_router)
+    app.include_router(devices_admin_router)
+    app.include_router(devices_internal_router)
     # Renters, pricing, payments, rentals: routers, station-event hooks (unless given), jobs in the lifespan.
     install_rentals(app, install_hooks=hooks is None)
     install_openapi(app, internal_prefixes=INTERNAL_PREFIXES)

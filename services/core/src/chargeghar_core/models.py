@@ -1,19 +1,25 @@
 """Every table of core, imported in one place for alembic's metadata and for tests."""
 
 from chargeghar_core.auth.models import UsedRefreshToken, User
+from chargeghar_core.devices.models import Device
 from chargeghar_core.iot.models import ProcessedEvent
 from chargeghar_core.kit.db import Base
+from chargeghar_core.notifications.models import NotificationOutbox, NotificationPreference
 from chargeghar_core.payments.models import LedgerEntry, Payment, Wallet
 from chargeghar_core.powerbanks.models import PowerBank, PowerBankModel
 from chargeghar_core.pricing.models import LateFeePolicy, RentalPackage, StationDiscount
 from chargeghar_core.rentals.models import Rental, RentalAuditEntry, RentalExtension
-from chargeghar_core.renters.models import RenterProfile
+from chargeghar_core.renters.models import OtpChallenge, RenterProfile, RenterSession
 from chargeghar_core.stations.models import Station, StationSlot, StationStatusHistory, SyncLog
 
 __all__ = [
     "Base",
+    "Device",
     "LateFeePolicy",
     "LedgerEntry",
+    "NotificationOutbox",
+    "NotificationPreference",
+    "OtpChallenge",
     "Payment",
     "PowerBank",
     "PowerBankModel",
@@ -23,6 +29,7 @@ __all__ = [
     "RentalExtension",
     "RentalPackage",
     "RenterProfile",
+    "RenterSession",
     "Station",
     "StationDiscount",
     "StationSlot",

@@ -90,23 +90,101 @@ class InternalSettings(BaseModel):
         default=100, ge=0, description="Requests per minute per caller on /api/internal; 0 = unlimited"
     )
     trust_forwarded_for: bool = Field(
-        default=False, description="Take the caller IP from X-Forwarded-For (behind a trusted proxy only)"
+        default=False,
+        description="Take the caller IP from X-Forwarded-For, read from the right: only hops added by "
+        "trusted proxies are skipped, never the client's own leftmost entry",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of our reverse proxies (comma-separated); empty = the TCP peer is the one "
+        "trusted hop. Used with trust_forwarded_for, for /api/internal and login throttling",
     )
     max_future_skew_s: int = Field(
         default=300, ge=0, description="An event observed_at further in the future is refused (400)"
     )
 
-    @field_validator("allowed_cidrs", mode="before")
+    @field_validator("allowed_cidrs", "trusted_proxies", mode="before")
     @classmethod
     def _split_cidrs(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("allowed_cidrs")
+    @field_validator("allowed_cidrs", "trusted_proxies")
     @classmethod
     def _valid_cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+
+class LoginSettings(BaseModel):
+    """Throttling of staff and renter logins (per account and per client address)."""
+
+    max_failures_per_account: int = Field(
+        default=5, ge=1, description="Failed logins of one account before it is answered 429"
+    )
+    max_failures_per_address: int = Field(
+        default=20, ge=1, description="Failed logins from one client address before it is answered 429"
+    )
+    window_s: int = Field(default=900, ge=1, description="How long failures are counted (and the lockout)")
+
+
+class NotificationSettings(BaseModel):
+    """Renter notifications (outbox worker, providers) and one-time login codes."""
+
+    worker_enabled: bool = Field(default=True, description="Deliver the notification outbox in the lifespan")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between two outbox polls")
+    batch_size: int = Field(default=50, ge=1, le=1000, description="Outbox rows claimed per poll")
+    max_attempts: int = Field(default=5, ge=1, description="Delivery attempts before a row is FAILED")
+    retry_base_s: float = Field(default=30.0, gt=0, description="First retry delay; doubles per attempt")
+    stale_sending_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A row claimed longer ago than this (its worker died) is marked UNCERTAIN, never re-sent",
+    )
+    push_provider: Literal["console", "fcm", "none"] = "console"
+    sms_provider: Literal["console", "sparrow", "http", "none"] = "console"
+    email_provider: Literal["console", "smtp", "none"] = "console"
+    console_output: str | None = Field(
+        default=None,
+        description="DEV ONLY: file the console provider appends whole messages (login codes included) to; "
+        "unset = stdout. Ignored in production, where the console provider shows nothing but masked logs",
+    )
+    fcm_service_account_file: str | None = Field(default=None, description="Firebase service-account JSON")
+    fcm_service_account_json: SecretStr | None = Field(
+        default=None, description="The service-account JSON itself (instead of the file)"
+    )
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    sparrow_url: str = "https://api.sparrowsms.com/v2/sms/"
+    sparrow_token: SecretStr | None = None
+    sparrow_from: str = Field(default="", description="Sender identity given by Sparrow SMS")
+    sms_http_url: str | None = Field(default=None, description="Generic SMS gateway: JSON POST endpoint")
+    sms_http_token: SecretStr | None = Field(default=None, description="Bearer token of the generic gateway")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_start_tls: bool = Field(default=True, description="STARTTLS after connecting (port 587)")
+    smtp_use_tls: bool = Field(default=False, description="Implicit TLS (port 465)")
+    smtp_from: str = "ChargeGhar <no-reply@chargeghar.com>"
+    http_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one provider call")
+    otp_secret: SecretStr | None = Field(
+        default=None,
+        description="Keys the hashes of login codes and destinations and seals codes in the outbox; "
+        "unset = derived from CORE_JWT__SECRET",
+    )
+    otp_ttl_s: int = Field(default=300, ge=30, le=3600, description="Lifetime of a login code")
+    otp_max_attempts: int = Field(default=5, ge=1, description="Wrong codes before a code is dead")
+    otp_requests_per_destination: int = Field(
+        default=3, ge=1, description="Codes sent to one phone/e-mail per window"
+    )
+    otp_requests_per_client: int = Field(default=10, ge=1, description="Code requests per client per window")
+    otp_verifications_per_client: int = Field(
+        default=20, ge=1, description="Code checks per client address per window"
+    )
+    otp_window_s: int = Field(default=900, ge=1, description="Rate-limit window of login codes")
+    due_soon_minutes: int = Field(default=15, ge=1, description="'Due soon' reminder this long before due")
+    overdue_repeat_hours: float = Field(default=4.0, gt=0, description="Overdue reminder interval")
+    overdue_max_reminders: int = Field(default=3, ge=1, description="Overdue reminders per rental, at most")
 
 
 class RetentionSettings(BaseModel):
@@ -148,6 +226,8 @@ class Settings(BaseSettings):
     hmac: HmacSettings = Field(default_factory=HmacSettings)
     internal: InternalSettings = Field(default_factory=InternalSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    login: LoginSettings = Field(default_factory=LoginSettings)
 
     @property
     def auto_migrate(self) -> bool:
@@ -166,6 +246,8 @@ class Settings(BaseSettings):
         placeholder_words = ("replace", "placeholder", "example", "changeme", "change-me", "dev-secret")
         secrets = [("CORE_JWT__SECRET", self.jwt.secret), ("CORE_HMAC__SECRET", self.hmac.secret)]
         secrets += [("CORE_HMAC__PREVIOUS_SECRETS", old) for old in self.hmac.previous_secrets]
+        if self.notifications.otp_secret is not None:
+            secrets.append(("CORE_NOTIFICATIONS__OTP_SECRET", self.notifications.otp_secret))
         for name, secret in secrets:
             value = secret.get_secret_value()
             lowered = value.strip().lower()

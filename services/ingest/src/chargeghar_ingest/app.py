@@ -26,6 +26,7 @@ from chargeghar_ingest.metrics import Metrics
 from chargeghar_ingest.openapi import install_openapi, serve_docs_locally
 from chargeghar_ingest.pipeline import EventRecorder
 from chargeghar_ingest.presence import MemoryPresenceStore, PresenceStore, RedisPresenceStore
+from chargeghar_ingest.provisioning import DeviceRegistryClient
 from chargeghar_ingest.replies import MemoryReplyBroker, RedisReplyBroker, ReplyBroker, ReplyCallback
 from chargeghar_ingest.runtime import IngestRuntime
 from chargeghar_ingest.settings import IngestSettings
@@ -136,6 +137,7 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
         offline_after_s=settings.presence.offline_after_s,
         late_reply_window_s=settings.commands.late_reply_window_s,
         max_timeout_s=settings.commands.max_timeout_s,
+        forward_audit=settings.commands.forward_audit,
     )
     router = DeviceMessageRouter(
         recorder=recorder,
@@ -197,6 +199,7 @@ def build_runtime(settings: IngestSettings) -> IngestRuntime:
         http=http,
         core=core_client,
         forwarder=forwarder,
+        devices=DeviceRegistryClient(settings, core_client, http, metrics, redis),
         redis=redis,
         transport=transport,
     )
@@ -238,6 +241,7 @@ async def run_runtime(runtime: IngestRuntime) -> AsyncIterator[IngestRuntime]:
             _, still_running = await asyncio.wait(tasks, timeout=SHUTDOWN_TASK_TIMEOUT_S)
             for task in still_running:
                 log.error("background_task.did_not_stop", task=task.get_name())
+        await runtime.devices.close()
         await runtime.http.aclose()
         if runtime.redis is not None:
             await runtime.redis.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 import structlog
@@ -11,6 +12,7 @@ from chargeghar_protocol.contract import (
     CommandResult,
     ErrorEnvelope,
     SuccessEnvelope,
+    mask_command_secrets,
     validation_error_details,
 )
 from chargeghar_protocol.signing import SignatureError, verify_request_signature
@@ -134,21 +136,56 @@ async def send_command(imei: str, request: Request) -> JSONResponse:
                 return error(403, "FORBIDDEN", "Missing or wrong service token")
         if not (imei.isascii() and imei.isalnum() and len(imei) <= 32):
             return error(400, "VALIDATION_ERROR", "imei must be the station's alphanumeric id")
+        caller = request.headers.get(CALLER_HEADER) or "core"
         try:
             command = CommandRequest.model_validate_json(body)
         except ValidationError as exc:
+            await _audit_invalid(runtime, imei, body, caller, correlation_id)
             return error(400, "VALIDATION_ERROR", "Invalid command", validation_error_details(exc))
         try:
             result = await runtime.commands.execute(
-                imei, command, caller=request.headers.get(CALLER_HEADER) or "core"
+                imei, command, caller=caller, correlation_id=correlation_id
             )
         except CommandRejected as exc:
-            return error(exc.http_status, exc.code, exc.message)
+            return error(exc.http_status, exc.code, exc.message)  # audited by the command service
         except (RedisError, OSError, TimeoutError) as exc:
             # Without the shared lock/presence no command may go out (it could double an eject).
             log.error("command.coordination_unavailable", error=repr(exc))
+            await runtime.commands.audit_refused(
+                imei,
+                cmd=command.cmd,
+                command_id=command.command_id,
+                caller=caller,
+                payload=command.audit_payload(),
+                code="SERVICE_UNAVAILABLE",
+                http_status=503,
+                correlation_id=correlation_id,
+            )
             return error(503, "SERVICE_UNAVAILABLE", "Coordination store unavailable; retry later")
     envelope: SuccessEnvelope[dict[str, Any]] = SuccessEnvelope(
         message="Command finished", data=result.model_dump(mode="json")
     )
     return JSONResponse(envelope.model_dump(mode="json"))
+
+
+async def _audit_invalid(
+    runtime: IngestRuntime, imei: str, body: bytes, caller: str, correlation_id: str | None
+) -> None:
+    """A signed command that is not a valid command (unknown cmd, bad data, ...): audited as refused with
+    what it asked, secrets masked. (Unsigned requests are not audited: anyone could fill the trail.)"""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raw = None
+    asked: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    cmd, command_id = asked.get("cmd"), asked.get("command_id")
+    await runtime.commands.audit_refused(
+        imei,
+        cmd=cmd if isinstance(cmd, str) and cmd else "(invalid)",
+        command_id=command_id if isinstance(command_id, str) else None,
+        caller=caller,
+        payload=mask_command_secrets(asked) if raw is not None else {"body": "(not a JSON object)"},
+        code="VALIDATION_ERROR",
+        http_status=400,
+        correlation_id=correlation_id,
+    )

@@ -6,7 +6,10 @@
   (protocol.md §10.24). Other commands use QoS 1.
 - The reply is matched by (station, reply command byte, SN or hole) through a :class:`ReplyBroker`;
   a reply that comes after the timeout is forwarded to core as a ``command_result`` event.
-- Every command is written to the audit table (payload with secrets masked) with its outcome and timing.
+- Every command is written to the audit table (payload with secrets masked) with its outcome and timing,
+  a refused one (409 DEVICE_BUSY / DEVICE_OFFLINE / CONFLICT, 400 invalid, 503) too, and each audit record
+  is forwarded to core as a ``command_audit`` event through the spool (``commands.forward_audit``), so the
+  audit of every replica is readable in core's sync log.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +32,8 @@ from chargeghar_protocol.codec import (
     frame_to_dict,
 )
 from chargeghar_protocol.contract import (
+    CommandAuditEvent,
+    CommandAuditOutcome,
     CommandOutcome,
     CommandRequest,
     CommandResult,
@@ -133,6 +138,7 @@ class CommandService:
         offline_after_s: float,
         late_reply_window_s: float,
         max_timeout_s: float,
+        forward_audit: bool = True,
     ) -> None:
         self._lock = lock
         self._recorder = recorder
@@ -144,6 +150,7 @@ class CommandService:
         self._offline_after_s = offline_after_s
         self._late_window_s = late_reply_window_s
         self._max_timeout_s = max_timeout_s
+        self._forward_audit = forward_audit
         self._pending: dict[str, asyncio.Future[DeliveredReply]] = {}
         self.broker: ReplyBroker = broker_factory(self._resolve)
 
@@ -155,27 +162,119 @@ class CommandService:
     def command_topic(self, station: str) -> str:
         return f"{self._topic_prefix}/powerbank/{station}/user/get"
 
-    async def execute(self, station: str, request: CommandRequest, *, caller: str | None) -> CommandResult:
-        if not await self._recorder.is_online(station, self._offline_after_s):
-            self._metrics.inc("commands_rejected_offline_total")
-            raise CommandRejected("DEVICE_OFFLINE", "Device is offline")
-        timeout_s = min(request.timeout_s, self._max_timeout_s)
-        token = await self._lock.acquire(station, timeout_s + CLAIM_RACE_GRACE_S + 5)
-        if token is None:
-            self._metrics.inc("commands_rejected_busy_total")
-            raise CommandRejected("DEVICE_BUSY", "Another command is in flight for this station")
+    async def execute(
+        self,
+        station: str,
+        request: CommandRequest,
+        *,
+        caller: str | None,
+        correlation_id: str | None = None,
+    ) -> CommandResult:
+        try:
+            if not await self._recorder.is_online(station, self._offline_after_s):
+                self._metrics.inc("commands_rejected_offline_total")
+                raise CommandRejected("DEVICE_OFFLINE", "Device is offline")
+            timeout_s = min(request.timeout_s, self._max_timeout_s)
+            token = await self._lock.acquire(station, timeout_s + CLAIM_RACE_GRACE_S + 5)
+            if token is None:
+                self._metrics.inc("commands_rejected_busy_total")
+                raise CommandRejected("DEVICE_BUSY", "Another command is in flight for this station")
+        except CommandRejected as exc:
+            await self._audit_rejection(exc, station, request, caller, correlation_id)
+            raise
         try:
             if not await self._lock.claim_command_id(request.command_id, COMMAND_ID_MEMORY_S):
-                return await self._replay(station, request)
-            return await self._execute_locked(station, request, caller=caller, timeout_s=timeout_s)
+                try:
+                    return await self._replay(station, request)
+                except CommandRejected as exc:
+                    await self._audit_rejection(exc, station, request, caller, correlation_id)
+                    raise
+            return await self._execute_locked(
+                station, request, caller=caller, timeout_s=timeout_s, correlation_id=correlation_id
+            )
         finally:
             await self._lock.release(station, token)
+
+    async def _audit_rejection(
+        self,
+        exc: CommandRejected,
+        station: str,
+        request: CommandRequest,
+        caller: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        await self.audit_refused(
+            station,
+            cmd=request.cmd,
+            command_id=request.command_id,
+            caller=caller,
+            payload=request.audit_payload(),
+            code=exc.code,
+            http_status=exc.http_status,
+            correlation_id=correlation_id,
+        )
+
+    async def audit_refused(
+        self,
+        station: str,
+        *,
+        cmd: str,
+        command_id: str | None,
+        caller: str | None,
+        payload: dict[str, Any],
+        code: str,
+        http_status: int,
+        correlation_id: str | None = None,
+    ) -> None:
+        """A command refused before anything was published: into the audit table, and to core."""
+        now = datetime.now(UTC)
+        cmd = cmd[:64]
+        command_id = command_id[:128] if command_id else None
+        caller = caller[:128] if caller else None
+        await self._spool.audit_command_refused(
+            command_id=command_id,
+            station=station,
+            caller=caller,
+            cmd=cmd,
+            payload=payload,
+            refusal_code=code,
+            at=now.timestamp(),
+        )
+        log.info("command.refused", station_id=station, command_id=command_id, cmd=cmd, code=code)
+        await self._forward_audit_event(
+            station,
+            at=now,
+            correlation_id=correlation_id,
+            command_id=command_id,
+            cmd=cmd,
+            requested_by=caller,
+            outcome="refused",
+            refusal_code=code,
+            refusal_status=http_status,
+            elapsed_ms=0,
+            payload=payload,
+        )
+
+    async def _forward_audit_event(
+        self, station: str, *, at: datetime, correlation_id: str | None, **fields: Any
+    ) -> None:
+        if not self._forward_audit:
+            return  # a legacy core answers 400 INVALID_TYPE: the event would only be dead-lettered
+        event = CommandAuditEvent(
+            timestamp=int(at.timestamp()),
+            device=DeviceInfo(serial_number=station, imei=station),
+            replica=self._replica[:128],
+            observed_at=at,
+            **fields,
+        )
+        await self._recorder.record(event, station=station, correlation_id=correlation_id)
 
     async def _replay(self, station: str, request: CommandRequest) -> CommandResult:
         """A command id seen before: answer what happened then, never publish again (a resent popup
         would eject a second bank)."""
         previous = await self._spool.audit_for_command(request.command_id)
         if previous is None or previous.outcome is None or previous.station != station:
+            # Audited by execute(), with the other refusals.
             raise CommandRejected("CONFLICT", "This command_id was already sent; it is not sent twice")
         log.info(
             "command.replayed", station_id=station, command_id=request.command_id, outcome=previous.outcome
@@ -191,7 +290,13 @@ class CommandService:
         )
 
     async def _execute_locked(
-        self, station: str, request: CommandRequest, *, caller: str | None, timeout_s: float
+        self,
+        station: str,
+        request: CommandRequest,
+        *,
+        caller: str | None,
+        timeout_s: float,
+        correlation_id: str | None,
     ) -> CommandResult:
         self._metrics.inc("commands_total")
         qos = 0 if request.cmd in POPUP_COMMANDS else 1
@@ -243,6 +348,20 @@ class CommandService:
             audit_id, outcome=outcome, reply=reply, elapsed_ms=elapsed_ms
         )
         log.info("command.finished", outcome=outcome, elapsed_ms=elapsed_ms, **log_fields)
+        audit_outcome: CommandAuditOutcome = outcome
+        await self._forward_audit_event(
+            station,
+            at=datetime.fromtimestamp(started_wall, UTC),
+            correlation_id=correlation_id,
+            command_id=request.command_id,
+            cmd=request.cmd,
+            requested_by=caller[:128] if caller else None,
+            outcome=audit_outcome,
+            elapsed_ms=elapsed_ms,
+            qos=qos,
+            payload=request.audit_payload(),
+            reply=reply,
+        )
         return CommandResult(
             command_id=request.command_id, outcome=outcome, reply=reply, elapsed_ms=elapsed_ms
         )
@@ -277,6 +396,10 @@ class CommandService:
             return False
         reply = reply_json(frame)
         succeeded = reply_succeeded(frame)
+        if succeeded and isinstance(frame, PopupBySnResult | PopupByHoleResult):
+            # The bank left the cabinet: a later return of it is a new return, not a duplicate report.
+            serial = frame.sn if isinstance(frame, PopupBySnResult) and frame.sn_int else None
+            await self._recorder.ejected(station, serial=serial, slot=frame.hole, at=received_at)
         late: Waiter | None = None
         try:
             waiter = await self.broker.claim(station, key.expect, key.match)

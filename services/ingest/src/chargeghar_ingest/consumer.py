@@ -29,6 +29,7 @@ from chargeghar_protocol.codec import (
 )
 from chargeghar_protocol.events import (
     is_successful_return,
+    return_to_failed_event,
     return_to_returned_event,
     slot_report_to_slot_event,
     snapshot_to_full_event,
@@ -140,6 +141,9 @@ class DeviceMessageRouter:
                         hole=frame.hole,
                         sn=frame.sn,
                     )
+                    # Core records and counts it: a fleet-wide return fault must be visible.
+                    failed = return_to_failed_event(frame, imei=station, received_at=received_at)
+                    await self._recorder.record(failed, station=station)
             elif isinstance(frame, SlotStateReport):
                 slot_event = slot_report_to_slot_event(frame, imei=station, received_at=received_at)
                 await self._recorder.record(slot_event, station=station)

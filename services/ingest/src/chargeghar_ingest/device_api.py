@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -186,7 +187,7 @@ def screen(call: DeviceCall, known: frozenset[str], runtime: IngestRuntime) -> N
         runtime.metrics.inc("http_device_too_large_total")
         limit = runtime.settings.device.max_body_bytes
         raise DeviceRequestError(413, "body_too_large", f"body larger than {limit} bytes")
-    refuse_unknown(call, known)
+    note_unknown(call, known, runtime)
     for name in IDENTITY_PARAMS:
         value = call.params.get(name)
         if value and not plausible_station_id(value):
@@ -216,10 +217,32 @@ def require(call: DeviceCall, names: Iterable[str]) -> None:
         raise DeviceRequestError(400, "missing_params", f"missing parameter(s): {', '.join(missing)}")
 
 
-def refuse_unknown(call: DeviceCall, known: frozenset[str]) -> None:
+# Extra parameters kept with an event: at most this many, names and values cut to these lengths.
+EXTRA_PARAMS_MAX = 16
+EXTRA_PARAM_MAX_CHARS = 64
+
+
+def note_unknown(call: DeviceCall, known: frozenset[str], runtime: IngestRuntime) -> None:
+    """Parameters the vendor lists do not name are logged, never a reason to refuse: the lists are
+    incomplete, and a firmware update that adds a field must not lock the fleet out. The sign is checked
+    over every parameter the device sent (see :func:`sign_candidates`)."""
     unknown = sorted(set(call.params) - known)
     if unknown:
-        raise DeviceRequestError(400, "unknown_params", f"unknown parameter(s): {', '.join(unknown)}")
+        runtime.metrics.inc("http_device_extra_params_total")
+        log.info(
+            "device.extra_params", path=call.path, station_id=call.station, params=unknown[:EXTRA_PARAMS_MAX]
+        )
+
+
+def extra_params(call: DeviceCall, known: frozenset[str]) -> dict[str, str]:
+    """The extra parameters as kept with the event (control characters removed, capped)."""
+    kept: dict[str, str] = {}
+    for name in sorted(set(call.params) - known)[:EXTRA_PARAMS_MAX]:
+        key, _ = clean_device_text(name, EXTRA_PARAM_MAX_CHARS)
+        value, _ = clean_device_text(call.params[name], EXTRA_PARAM_MAX_CHARS)
+        if key:
+            kept[key] = value or ""
+    return kept
 
 
 def sign_candidates(
@@ -317,6 +340,13 @@ async def connect(request: Request) -> Response:
         return await reject(runtime, call, error)
 
     imei = call.params["uuid"]
+    # Known devices only (provisioning policy): no credentials for an IMEI the registry has not approved.
+    verdict = await runtime.devices.admit_connect(imei)
+    if not verdict.allowed:
+        runtime.metrics.inc("device_connect_refused_total")
+        log.warning("device.connect_refused", station_id=imei, status=verdict.status, source=verdict.source)
+        message = "device not registered" if verdict.status is not None else "device registry unavailable"
+        return envelope(code=403, message=message)
     device = runtime.settings.device
     mqtt = runtime.settings.mqtt
     credentials = derive_credentials(
@@ -334,7 +364,7 @@ async def connect(request: Request) -> Response:
             str(now_ms),
         ]
     )
-    await runtime.recorder.seen(imei)
+    await runtime.recorder.seen(imei, channel="http")
     runtime.metrics.inc("http_device_requests_total")
     log.info(
         "device.connect",
@@ -379,7 +409,115 @@ async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, st
     )
     if not allowed:
         log.warning("broker_auth.denied", client_id=body.clientid, username=body.username)
+        return {"result": "deny"}
+    # Valid derived credentials, but a revoked (or never approved) station is refused too (registry).
+    verdict = await runtime.devices.admit_login(body.clientid)
+    if not verdict.allowed:
+        runtime.metrics.inc("broker_auth_unregistered_total")
+        log.warning(
+            "broker_auth.unregistered", station_id=body.clientid, status=verdict.status, source=verdict.source
+        )
+        return {"result": "deny"}
+    runtime.devices.note_login(body.clientid)
+    return {"result": "allow"}
+
+
+class BrokerAclRequest(BaseModel):
+    clientid: str = ""
+    username: str = ""
+    topic: str = ""
+    action: str = ""  # "publish" | "subscribe" (EMQX's ${action})
+
+
+def device_may(topic: str, action: str, imei: str, prefix: str) -> bool:
+    """A station publishes only its own update/heart topics and subscribes only to its own command topic."""
+    own = f"{prefix}/powerbank/{imei}/user/"
+    if action == "publish":
+        return topic in (own + "update", own + "heart")
+    if action == "subscribe":
+        return topic == own + "get"
+    return False
+
+
+@router.post("/api/emqx/acl", summary="EMQX HTTP authorization of a publish or subscribe")
+async def broker_acl(request: Request, body: BrokerAclRequest) -> dict[str, str]:
+    """EMQX HTTP authorization: a station (``device_<imei>``, client id = IMEI) may publish only to its own
+    ``/powerbank/<imei>/user/update`` and ``/user/heart`` and subscribe only to its own ``/user/get``; the
+    ingest's own account keeps its access. Other usernames answer ``ignore`` (EMQX's next source decides).
+    """
+    runtime = runtime_of(request)
+    device = runtime.settings.device
+    mqtt = runtime.settings.mqtt
+    if mqtt.username and body.username == mqtt.username:
+        return {"result": "allow"}
+    if not body.username.startswith(device.mqtt_username_prefix):
+        return {"result": "ignore"}
+    imei = body.username[len(device.mqtt_username_prefix) :]
+    allowed = (
+        bool(imei) and body.clientid == imei and device_may(body.topic, body.action, imei, mqtt.topic_prefix)
+    )
+    if not allowed:
+        runtime.metrics.inc("broker_acl_denied_total")
+        log.warning(
+            "broker_acl.denied",
+            client_id=body.clientid,
+            username=body.username,
+            topic=body.topic,
+            action=body.action,
+        )
     return {"result": "allow" if allowed else "deny"}
+
+
+class BrokerClientEvent(BaseModel):
+    """EMQX rule-engine / webhook body of ``client.connected`` and ``client.disconnected``."""
+
+    event: str = ""
+    clientid: str = ""
+    username: str = ""
+    reason: str | None = None
+    connected_at: int | None = None  # ms
+    disconnected_at: int | None = None  # ms
+    timestamp: int | None = None  # ms
+
+
+# A disconnect that only replaced the session (the station reconnected elsewhere) is not silence.
+_TAKEOVER_REASONS = frozenset({"takenover", "takeovered", "discarded"})
+
+
+@router.post(
+    "/api/emqx/webhook",
+    summary="EMQX client connected/disconnected events (MQTT presence)",
+    responses={
+        401: {"description": "Missing or wrong bearer token (or no token configured)"},
+        400: {"description": "Not a client event of a plausible station id"},
+    },
+)
+async def broker_webhook(request: Request, body: BrokerClientEvent) -> Response:
+    """The broker tells us at once when a station's MQTT link comes up or goes down (instead of waiting for
+    the silence threshold). Authenticated by ``Authorization: Bearer <INGEST_DEVICE__BROKER_WEBHOOK_TOKEN>``.
+    """
+    runtime = runtime_of(request)
+    token = runtime.settings.device.broker_webhook_token
+    presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if token is None or not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+        log.warning("broker_webhook.denied", client_id=body.clientid[:64])
+        return Response(status_code=401, content=b'{"result":"deny"}', media_type="application/json")
+    kind = body.event.removeprefix("client.")
+    if kind not in {"connected", "disconnected"} or not plausible_station_id(body.clientid):
+        return Response(status_code=400, content=b'{"result":"ignored"}', media_type="application/json")
+    millis = body.disconnected_at if kind == "disconnected" else body.connected_at
+    millis = millis or body.timestamp
+    at = datetime.fromtimestamp(millis / 1000, UTC) if millis else utc_now()
+    changed = False
+    if kind == "connected":
+        changed = await runtime.recorder.broker_event(body.clientid, connected=True, at=at, reason=None)
+    elif (body.reason or "").lower() not in _TAKEOVER_REASONS:
+        changed = await runtime.recorder.broker_event(
+            body.clientid, connected=False, at=at, reason=body.reason
+        )
+    runtime.metrics.inc("broker_webhook_events_total")
+    log.info("broker_webhook.event", station_id=body.clientid, kind=kind, reason=body.reason, changed=changed)
+    return Response(content=b'{"result":"ok"}', media_type="application/json")
 
 
 # ------------------------------------------------------------------------------------------------ upload
@@ -429,7 +567,14 @@ async def upload(request: Request) -> Response:
             wifi_ssid=informational(runtime, call, "ssid"),
             received_at=received_at,
         )
-        await runtime.recorder.seen(station, observed_at=received_at)
+        # HTTP life says nothing about the MQTT link commands need: the station's status is left to presence.
+        event.device.status = None
+        extra = extra_params(call, UPLOAD_KNOWN)
+        if extra and event.device.hardware_info is not None:
+            event.device.hardware_info = event.device.hardware_info.model_copy(
+                update={"device_params": extra}
+            )
+        await runtime.recorder.seen(station, observed_at=received_at, channel="http")
         await runtime.recorder.record(event, station=station, correlation_id=correlation_of(request))
     runtime.metrics.inc("http_device_requests_total")
     return envelope(None)
@@ -467,16 +612,22 @@ async def order_return(request: Request) -> Response:
             slot_number=int(hole_text),
             battery_level=None,  # the HTTP call carries none; the MQTT 0x40 report has the real SOC
             returned_at=received_at,
-            hardware_info={"source": "http"},
+            hardware_info={"source": "http", **_extra_info(call, RETURN_KNOWN)},
+            source="http",  # a claim only: core waits for a 0x40, a `check` or a snapshot to confirm it
         ),
     )
     with structlog.contextvars.bound_contextvars(station_id=station, path=call.path):
-        await runtime.recorder.seen(station, observed_at=received_at)
+        await runtime.recorder.seen(station, observed_at=received_at, channel="http")
         await runtime.recorder.record_return(
             event, station=station, observed_at=received_at, correlation_id=correlation_of(request)
         )
     runtime.metrics.inc("http_device_requests_total")
     return envelope(None)
+
+
+def _extra_info(call: DeviceCall, known: frozenset[str]) -> dict[str, Any]:
+    extra = extra_params(call, known)
+    return {"device_params": extra} if extra else {}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -502,6 +653,6 @@ async def config_data(request: Request) -> Response:
     if station and station in device.station_overrides:
         config.update(device.station_overrides[station])
     if station:
-        await runtime.recorder.seen(station)
+        await runtime.recorder.seen(station, channel="http")
     runtime.metrics.inc("http_device_requests_total")
     return envelope(json.dumps(config, separators=(",", ":")))

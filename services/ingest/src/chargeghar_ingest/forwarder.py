@@ -343,8 +343,8 @@ class Forwarder:
         return deliveries
 
     async def _record(self, deliveries: list[Delivery]) -> None:
-        delivered = [d.event.seq for d in deliveries if d.outcome == "delivered"]
-        await self._spool.ack(delivered)
+        delivered = [d.event for d in deliveries if d.outcome == "delivered"]
+        await self._spool.ack(delivered)  # by seq and id: a row changed while in flight stays
         self._metrics.inc("events_delivered_total", len(delivered))
         delivered_before = self._delivered_total
         self._delivered_total += len(delivered)

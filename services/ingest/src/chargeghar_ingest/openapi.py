@@ -93,7 +93,13 @@ DEVICE_ERRORS: dict[int | str, dict[str, Any]] = {
         "Refused and kept as a dead letter: missing/unknown/implausible parameters or a bad frame",
         "missing parameter(s): rentboxSN",
     ),
-    403: device_response(403, "The device `sign` does not match (sign policy `enforce`)", "ERROR SIGN"),
+    403: device_response(
+        403,
+        "The device `sign` does not match (sign policy `enforce`); at connect under provisioning `registry`: "
+        "the IMEI is not approved (`device not registered`) or core's registry cannot be reached "
+        "(`device registry unavailable`), so no credentials",
+        "ERROR SIGN",
+    ),
     413: device_response(413, "Body above `INGEST_DEVICE__MAX_BODY_BYTES`", "body larger than 16384 bytes"),
 }
 

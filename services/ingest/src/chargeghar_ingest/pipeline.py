@@ -22,10 +22,12 @@ from typing import Any
 
 import structlog
 from chargeghar_protocol.contract import (
+    CommandAuditEvent,
     CommandResultEvent,
     DeviceHardwareInfo,
     FullEvent,
     ReturnedEvent,
+    ReturnFailedEvent,
     SlotEvent,
     StationStatus,
     StatusDeviceInfo,
@@ -34,7 +36,7 @@ from chargeghar_protocol.contract import (
 from redis.exceptions import RedisError
 
 from chargeghar_ingest.metrics import Metrics
-from chargeghar_ingest.presence import PresenceStore
+from chargeghar_ingest.presence import CHANNELS, Channel, PresenceStore
 from chargeghar_ingest.spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -48,7 +50,15 @@ RETURN_ID_NAMESPACE = uuid.UUID("6f1b2c1e-8a53-4d35-9a0e-2f1f7f0c2b11")
 
 
 # Every contract event model carries the extension fields event_id and observed_at.
-SpoolableEvent = FullEvent | ReturnedEvent | StatusEvent | CommandResultEvent | SlotEvent
+SpoolableEvent = (
+    FullEvent
+    | ReturnedEvent
+    | StatusEvent
+    | CommandResultEvent
+    | SlotEvent
+    | ReturnFailedEvent
+    | CommandAuditEvent
+)
 
 
 def utc_now() -> datetime:
@@ -150,6 +160,9 @@ class EventRecorder:
             event.event_id = new_event_id()
         if event.observed_at is None:
             event.observed_at = utc_now()
+        if event.correlation_id is None:
+            # Every event carries its own correlation id to core's logs (one per event, even in a batch).
+            event.correlation_id = correlation_id or event.event_id
         # Serialised once, by pydantic's JSON encoder; the forwarder sends these very bytes.
         body_json = event.to_wire_json().decode()
         cleaned = without_control_chars(body_json)
@@ -178,23 +191,49 @@ class EventRecorder:
         serial = event.return_event.power_bank_serial
         slot = event.return_event.slot_number
         ts = observed_at.timestamp()
+        window = self._return_window_s
+        # A successful eject of this bank (or from this slot) since an earlier report means the bank went
+        # out again (a re-rent): a report after it is a new return, never a duplicate of the earlier one.
+        ejected_at = await self._last_eject(station, serial, slot)
+        generation = ""
+        if ejected_at is not None and ts - ejected_at < window:
+            window = max(ts - ejected_at - 0.001, 0.001)
+            generation = f"|e{ejected_at:.3f}"
         bucket = int(ts // self._return_window_s)
-        event.event_id = str(uuid.uuid5(RETURN_ID_NAMESPACE, f"{station}|{serial}|{slot}|{bucket}"))
+        event.event_id = str(
+            uuid.uuid5(RETURN_ID_NAMESPACE, f"{station}|{serial}|{slot}|{bucket}{generation}")
+        )
         event.observed_at = observed_at
+        if event.correlation_id is None:
+            event.correlation_id = correlation_id or event.event_id
         wire = event.to_wire()
         cleaned = _strip_controls(wire)
         if cleaned != wire:
             self._metrics.inc("device_strings_cleaned_total")
             log.warning("event.control_chars_removed", event_type="returned", station_id=station)
-        event_id, duplicate = await self._spool.enqueue_return(
+        spooled = await self._spool.enqueue_return(
             cleaned,
             station=station,
             power_bank_serial=serial,
             slot_number=slot,
             observed_ts=ts,
-            dedupe_window_s=self._return_window_s,
+            dedupe_window_s=window,
             correlation_id=correlation_id,
+            source=event.return_event.source,
         )
+        event_id, duplicate = spooled.event_id, spooled.duplicate
+        if spooled.corroborated:
+            # An MQTT 0x40 confirmed a return claimed over device HTTP only: upgraded in place while the
+            # claim waited in the spool, else a new `returned` event (source mqtt) follows the claim to core.
+            self._metrics.inc("returns_corroborated_total")
+            log.info(
+                "event.return_corroborated",
+                event_id=event_id,
+                in_place=duplicate,
+                station_id=station,
+                power_bank=serial,
+                slot=slot,
+            )
         if duplicate:
             self._metrics.inc("returns_deduplicated_total")
             log.info(
@@ -205,6 +244,24 @@ class EventRecorder:
             log.info("event.spooled", event_type="returned", event_id=event_id, station_id=station)
         return event_id, duplicate
 
+    async def _last_eject(self, station: str, serial: str, slot: int) -> float | None:
+        try:
+            return await self._presence.last_eject(station, [f"sn:{serial}", f"hole:{slot}"])
+        except PRESENCE_STORE_ERRORS as exc:
+            self._metrics.inc("presence_store_errors_total")
+            log.warning("presence.store_unavailable", station_id=station, error=repr(exc))
+            return None
+
+    async def ejected(self, station: str, *, serial: str | None, slot: int | None, at: datetime) -> None:
+        """A bank left the cabinet by a successful eject: later returns of it are new returns."""
+        keys = ([f"sn:{serial}"] if serial else []) + ([f"hole:{slot}"] if slot is not None else [])
+        try:
+            for key in keys:
+                await self._presence.record_eject(station, key, at.timestamp())
+        except PRESENCE_STORE_ERRORS as exc:
+            self._metrics.inc("presence_store_errors_total")
+            log.warning("presence.store_unavailable", station_id=station, error=repr(exc))
+
     async def seen(
         self,
         station: str,
@@ -212,16 +269,19 @@ class EventRecorder:
         observed_at: datetime | None = None,
         signal_strength: int | None = None,
         backup_power: int | None = None,
+        channel: Channel = "mqtt",
     ) -> None:
-        """A message from the station: refresh last-seen; emit ONLINE (with signal) when that is news."""
+        """A message from the station on ``channel``: refresh its last-seen; emit a status event when that
+        channel comes (back) online or the heartbeat's signal changed."""
         observed = observed_at or utc_now()
         try:
-            came_online = await self._presence.touch(station, observed.timestamp())
+            came_online = await self._presence.touch(station, observed.timestamp(), channel)
             signal_changed = False
             if signal_strength is not None or backup_power is not None:
                 signal_changed = await self._presence.record_signal(
                     station, f"{signal_strength}|{backup_power}"
                 )
+            mqtt_online = channel == "mqtt" or await self._mqtt_alive(station, observed.timestamp())
         except PRESENCE_STORE_ERRORS as exc:
             # Presence is best effort: a Redis outage must not cost the device its answer or the event.
             self._metrics.inc("presence_store_errors_total")
@@ -231,6 +291,7 @@ class EventRecorder:
             return
         if came_online:
             self._metrics.inc("presence_online_total")
+            log.info("presence.online", station_id=station, channel=channel)
         hardware = (
             DeviceHardwareInfo(signal_strength=signal_strength, backup_power=backup_power)
             if signal_strength is not None or backup_power is not None
@@ -239,35 +300,86 @@ class EventRecorder:
         status = StatusEvent(
             timestamp=int(observed.timestamp()),
             device=StatusDeviceInfo(
-                serial_number=station, imei=station, status=StationStatus.ONLINE, hardware_info=hardware
+                serial_number=station,
+                imei=station,
+                # The station's status is its MQTT liveness: HTTP life alone never makes it ONLINE.
+                status=StationStatus.ONLINE if mqtt_online else StationStatus.OFFLINE,
+                hardware_info=hardware,
             ),
+            channel=channel if came_online else None,
+            channels={channel: StationStatus.ONLINE} if came_online else None,
             observed_at=observed,
         )
         await self.record(status, station=station)
 
+    # Set by the app from the presence settings; used to judge the MQTT channel when HTTP changes.
+    offline_after_s: float = 1500.0
+
+    async def _mqtt_alive(self, station: str, now: float) -> bool:
+        if await self._presence.is_marked_offline(station, "mqtt"):
+            return False
+        last_seen = await self._presence.last_seen(station, "mqtt")
+        return last_seen is not None and now - last_seen < self.offline_after_s
+
     async def sweep(self, offline_after_s: float, *, now: datetime | None = None) -> list[str]:
-        """Emit OFFLINE for every station silent longer than the threshold (once per silence)."""
+        """Emit a status event for every station whose channel fell silent longer than the threshold (once
+        per silence). The MQTT channel going silent makes the station OFFLINE; the HTTP one is recorded."""
         current = now or utc_now()
-        gone = await self._presence.sweep(current.timestamp(), offline_after_s)
-        for station in gone:
-            last_seen = await self._presence.last_seen(station)
-            status = StatusEvent(
-                timestamp=int(current.timestamp()),
-                device=StatusDeviceInfo(
-                    serial_number=station,
-                    imei=station,
-                    status=StationStatus.OFFLINE,
-                    last_heartbeat=datetime.fromtimestamp(last_seen, UTC) if last_seen else None,
-                ),
-                observed_at=current,
-            )
-            await self.record(status, station=station)
-            self._metrics.inc("presence_offline_total")
-            log.info(
-                "presence.offline", station_id=station, silent_s=round(current.timestamp() - (last_seen or 0))
-            )
-        return gone
+        self.offline_after_s = offline_after_s
+        gone_mqtt: list[str] = []
+        for channel in CHANNELS:
+            gone = await self._presence.sweep(current.timestamp(), offline_after_s, channel)
+            for station in gone:
+                await self._channel_offline(station, channel, current, reason="silence")
+            if channel == "mqtt":
+                gone_mqtt = gone
+        return gone_mqtt
+
+    async def broker_event(self, station: str, *, connected: bool, at: datetime, reason: str | None) -> bool:
+        """The broker's client connected/disconnected event for a station (EMQX webhook). Returns True when
+        it changed the station's MQTT presence."""
+        if connected:
+            before = await self._presence.is_marked_offline(station, "mqtt")
+            known = await self._presence.last_seen(station, "mqtt")
+            await self.seen(station, observed_at=at, channel="mqtt")
+            return before or known is None
+        last_seen = await self._presence.last_seen(station, "mqtt")
+        if last_seen is not None and last_seen > at.timestamp():
+            return False  # a message arrived after this disconnect: the station is back already
+        if not await self._presence.mark_offline(station, "mqtt"):
+            return False
+        await self._channel_offline(station, "mqtt", at, reason=reason or "disconnected")
+        return True
+
+    async def _channel_offline(self, station: str, channel: Channel, at: datetime, *, reason: str) -> None:
+        last_seen = await self._presence.last_seen(station, channel)
+        mqtt_online = channel != "mqtt" and await self._mqtt_alive(station, at.timestamp())
+        status = StatusEvent(
+            timestamp=int(at.timestamp()),
+            device=StatusDeviceInfo(
+                serial_number=station,
+                imei=station,
+                status=StationStatus.ONLINE if mqtt_online else StationStatus.OFFLINE,
+                last_heartbeat=datetime.fromtimestamp(last_seen, UTC) if last_seen else None,
+            ),
+            channel=channel,
+            channels={channel: StationStatus.OFFLINE},
+            reason=reason[:200],
+            observed_at=at,
+        )
+        await self.record(status, station=station)
+        self._metrics.inc("presence_offline_total")
+        log.info(
+            "presence.offline",
+            station_id=station,
+            channel=channel,
+            reason=reason,
+            silent_s=round(at.timestamp() - (last_seen or 0)),
+        )
 
     async def is_online(self, station: str, offline_after_s: float) -> bool:
-        last_seen = await self._presence.last_seen(station)
+        """Whether a command can reach the station: its MQTT channel is alive (HTTP life is not enough)."""
+        if await self._presence.is_marked_offline(station, "mqtt"):
+            return False
+        last_seen = await self._presence.last_seen(station, "mqtt")
         return last_seen is not None and utc_now().timestamp() - last_seen < offline_after_s

@@ -11,6 +11,7 @@ from chargeghar_ingest.commands import CommandService
 from chargeghar_ingest.forwarder import CoreClient, Forwarder
 from chargeghar_ingest.metrics import Metrics
 from chargeghar_ingest.pipeline import EventRecorder
+from chargeghar_ingest.provisioning import DeviceRegistryClient
 from chargeghar_ingest.settings import IngestSettings
 from chargeghar_ingest.spool import Spool
 from chargeghar_ingest.transport import MqttTransport
@@ -27,6 +28,7 @@ class IngestRuntime:
     http: httpx.AsyncClient
     core: CoreClient
     forwarder: Forwarder
+    devices: DeviceRegistryClient
     redis: Redis | None = None
     transport: MqttTransport | None = None
     started_at: float = 0.0

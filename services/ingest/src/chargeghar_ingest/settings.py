@@ -139,6 +139,9 @@ class DeviceSettings(BaseModel):
     credential_secret: SecretStr = SecretStr(PLACEHOLDER_SECRET)
     mqtt_username_prefix: str = "device_"
     product_key: str = "powerbank"
+    # Bearer token EMQX presents on POST /api/emqx/webhook (client connected/disconnected); unset = the
+    # webhook is refused (anyone could otherwise mark stations offline).
+    broker_webhook_token: SecretStr | None = None
     station_config: StationConfig = StationConfig()
     # Per-station overrides keyed by IMEI, e.g.
     # INGEST_DEVICE__STATION_OVERRIDES='{"864601069946994":{"dAreaConfig":"73"}}'
@@ -149,6 +152,19 @@ class DeviceSettings(BaseModel):
     accept_bad_checksum: bool = False
     # Device HTTP bodies above this answer 413 without being read (a real upload frame is < 2 KB).
     max_body_bytes: int = Field(default=16 * 1024, ge=256)
+    # Who gets MQTT credentials at connect (docs/operations.md "Security model"): "open" = any station
+    # with a valid sign (auto-approved in core's registry); "registry" = only IMEIs core lists as approved
+    # (unknown ones are recorded as pending for an admin). Unset: "registry" in production, else "open".
+    provisioning: Literal["open", "registry"] | None = None
+    # How long core's answer about an IMEI is trusted (a revocation takes effect within this time).
+    registry_cache_ttl_s: float = Field(default=300.0, ge=0)
+    # While core is unreachable, an IMEI cached as approved keeps working this long; others get nothing.
+    registry_stale_max_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Connect and broker login wait at most this long for core's registry answer.
+    registry_timeout_s: float = Field(default=2.0, gt=0)
+    # A device login within this many seconds of the previous login of the same client id is counted as
+    # a takeover (emqx_client_takeovers_total): a steady rate means two sessions fight over one id.
+    takeover_window_s: float = Field(default=10.0, ge=0)
 
 
 class CommandSettings(BaseModel):
@@ -158,6 +174,9 @@ class CommandSettings(BaseModel):
     service_token: SecretStr | None = None
     # A reply arriving this long after its waiter gave up is still reported as that command's result.
     late_reply_window_s: float = 300.0
+    # Forward every command audit record (sent and refused commands) to core as a `command_audit` event.
+    # Off for a legacy core, which answers 400 INVALID_TYPE (the forwarder would dead-letter each one).
+    forward_audit: bool = True
 
 
 class IngestSettings(BaseSettings):
@@ -181,6 +200,12 @@ class IngestSettings(BaseSettings):
     presence: PresenceSettings = PresenceSettings()
     device: DeviceSettings = DeviceSettings()
     commands: CommandSettings = CommandSettings()
+
+    @model_validator(mode="after")
+    def default_provisioning(self) -> IngestSettings:
+        if self.device.provisioning is None:
+            self.device.provisioning = "registry" if self.environment == "production" else "open"
+        return self
 
     @model_validator(mode="after")
     def refuse_placeholder_secrets(self) -> IngestSettings:

@@ -15,8 +15,11 @@ Tables:
 - ``dead_letters``: bad device input (a capped prefix of the raw bytes as hex, with the full length and
   sha256), events core refused for good (403, 4xx) and events parked after too many strikes
   (``reason = 'parked'``; re-drivable to their original place with :meth:`Spool.redrive`). Pruned by age.
-- ``return_keys``: content keys of returns, so one return reported over MQTT *and* HTTP is one event.
-- ``command_audit``: every command sent to a station, its (masked) payload, outcome and timing. Pruned by age.
+- ``return_keys``: content keys of returns, so one return reported over MQTT *and* HTTP is one event;
+  ``source`` is the channel of the report the key stands for (``http``: a claim not yet corroborated).
+- ``command_audit``: every command asked of a station, its (masked) payload, outcome and timing; a refused
+  one (``outcome = 'refused'``) with its ``refusal_code``. Pruned by age. Also forwarded to core as
+  ``command_audit`` events (see :mod:`chargeghar_ingest.commands`).
 
 An existing spool file is migrated at open: columns added since are appended with ``ALTER TABLE``.
 """
@@ -30,12 +33,15 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import aiosqlite
+from chargeghar_protocol.contract import format_iso_instant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -95,6 +101,8 @@ MIGRATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dead_letters", "raw_sha256", "TEXT"),
     ("dead_letters", "event_seq", "INTEGER"),
     ("dead_letters", "correlation_id", "TEXT"),
+    ("return_keys", "source", "TEXT"),
+    ("command_audit", "refusal_code", "TEXT"),
 )
 # Indexes over migrated columns (or for the retention job): created after the columns exist.
 MIGRATION_INDEXES = """
@@ -121,9 +129,13 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     return added
 
 
-_AUDIT_COLUMNS = "command_id, station, caller, cmd, payload, qos, outcome, reply, elapsed_ms"
+_AUDIT_COLUMNS = "command_id, station, caller, cmd, payload, qos, outcome, reply, elapsed_ms, refusal_code"
 _AUDIT_BY_STATION = f"SELECT {_AUDIT_COLUMNS} FROM command_audit WHERE station = ? ORDER BY id"  # noqa: S608
-_AUDIT_BY_COMMAND = f"SELECT {_AUDIT_COLUMNS} FROM command_audit WHERE command_id = ? ORDER BY id"  # noqa: S608
+# The command as sent under this id (a refused attempt with the same id was never sent).
+_AUDIT_BY_COMMAND = (
+    f"SELECT {_AUDIT_COLUMNS} FROM command_audit"  # noqa: S608
+    " WHERE command_id = ? AND outcome IS NOT 'refused' ORDER BY id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +192,24 @@ class AuditRow:
     outcome: str | None
     reply: dict[str, Any] | None
     elapsed_ms: int | None
+    refusal_code: str | None = None
+
+
+class ReturnSpooled(NamedTuple):
+    """What :meth:`Spool.enqueue_return` did with a return report."""
+
+    event_id: str  # the event that stands for this return in the spool (or stood, once delivered)
+    duplicate: bool  # no event was added: an earlier report of the same return stands for it
+    corroborated: bool = False  # an MQTT report confirmed an earlier HTTP-only claim
+
+
+# Namespace of the id of the event that corroborates an HTTP-only return claim: derived from the claim's id,
+# so the same corroboration has the same id whichever way (in place or as a new event) it is spooled.
+CORROBORATION_ID_NAMESPACE = uuid.UUID("0c6a3f64-5b0e-4f5e-9d1f-8a3e4c2b7d19")
+
+
+def corroboration_event_id(claim_event_id: str) -> str:
+    return str(uuid.uuid5(CORROBORATION_ID_NAMESPACE, claim_event_id))
 
 
 class SpoolClosedError(RuntimeError):
@@ -354,6 +384,59 @@ def _complete_waiting_return(db: sqlite3.Connection, event_id: str, later: dict[
         db.execute("UPDATE events SET body = ? WHERE event_id = ?", (body, event_id))
 
 
+def _corroborate_claim(
+    db: sqlite3.Connection,
+    claim: tuple[str, float],
+    later: dict[str, Any],
+    station: str,
+    correlation_id: str | None,
+) -> ReturnSpooled:
+    """An MQTT report of a return first claimed over device HTTP only: the claim is corroborated.
+
+    Still waiting in the spool, the claim is upgraded in place (``source: mqtt``, the frame's SOC and
+    hardware info) under a new id: should the forwarder have the claim in flight right now, its ack (by seq
+    *and* id) leaves the upgraded row to be sent after it. Already delivered, a new ``returned`` event with
+    ``source: mqtt`` is spooled; core completes the claimed rental with it (or finds nothing to do). Either
+    way the return keeps the time of its first report."""
+    claim_id, claim_ts = claim
+    new_id = corroboration_event_id(claim_id)
+    db.execute("UPDATE return_keys SET source = 'mqtt', event_id = ? WHERE event_id = ?", (new_id, claim_id))
+    later_info = later.get("return_event")
+    stored = db.execute("SELECT body FROM events WHERE event_id = ?", (claim_id,)).fetchone()
+    if stored is not None:
+        body = json.loads(stored[0])
+        info = body.get("return_event")
+        if isinstance(info, dict) and isinstance(later_info, dict):
+            info["source"] = "mqtt"
+            if later_info.get("battery_level") is not None:
+                info["battery_level"] = later_info["battery_level"]
+            hardware = dict(info.get("hardware_info") or {})
+            for key, value in (later_info.get("hardware_info") or {}).items():
+                hardware.setdefault(key, value)
+            hardware["source"] = "mqtt"
+            info["hardware_info"] = hardware
+        body["event_id"] = new_id
+        db.execute(
+            "UPDATE events SET event_id = ?, body = ? WHERE event_id = ?",
+            (new_id, json.dumps(body, separators=(",", ":")), claim_id),
+        )
+        return ReturnSpooled(new_id, True, True)
+    event = {**later, "event_id": new_id}
+    if isinstance(later_info, dict) and _instant(later_info.get("returned_at"), claim_ts + 1) > claim_ts:
+        first = format_iso_instant(datetime.fromtimestamp(claim_ts, UTC))
+        event["return_event"] = {**later_info, "returned_at": first}
+    _insert_event_row(db, event, station, correlation_id)
+    return ReturnSpooled(new_id, False, True)
+
+
+def _instant(value: Any, default: float) -> float:
+    """An ISO instant from an event body as epoch seconds (``default`` when absent or unreadable)."""
+    try:
+        return datetime.fromisoformat(str(value)).timestamp() if value else default
+    except ValueError:
+        return default
+
+
 def _insert_event_row(
     db: sqlite3.Connection, event: dict[str, Any], station: str, correlation_id: str | None
 ) -> None:
@@ -471,19 +554,23 @@ class Spool:
         observed_ts: float,
         dedupe_window_s: float,
         correlation_id: str | None = None,
-    ) -> tuple[str, bool]:
+        source: str | None = None,
+    ) -> ReturnSpooled:
         """Commit a return unless the same one was seen within the window.
 
-        Returns ``(event_id, duplicate)``: on a duplicate the first event's id is returned and no event is
-        added. When the first report lacked what the second carries (the HTTP return call has no battery
-        level, the 0x40 frame does) and the first is still waiting in the spool, it is completed in place.
+        On a duplicate the first event's id is returned and no event is added. When the first report lacked
+        what the second carries (the HTTP return call has no battery level, the 0x40 frame does) and the
+        first is still waiting in the spool, it is completed in place. ``source`` is the reporting channel:
+        an ``mqtt`` report of a return first reported over ``http`` only corroborates that claim (see
+        :func:`_corroborate_claim`); the reverse order stays one event.
         """
 
-        def job(db: sqlite3.Connection) -> tuple[str, bool]:
+        def job(db: sqlite3.Connection) -> ReturnSpooled:
             # Jobs run one after the other on the writer: the check and the insert cannot interleave.
             row = db.execute(
-                "SELECT event_id FROM return_keys WHERE station = ? AND power_bank_serial = ?"
-                " AND slot_number = ? AND observed_ts BETWEEN ? AND ? ORDER BY observed_ts LIMIT 1",
+                "SELECT event_id, source, observed_ts FROM return_keys WHERE station = ?"
+                " AND power_bank_serial = ? AND slot_number = ? AND observed_ts BETWEEN ? AND ?"
+                " ORDER BY observed_ts LIMIT 1",
                 (
                     station,
                     power_bank_serial,
@@ -493,22 +580,27 @@ class Spool:
                 ),
             ).fetchone()
             if row is not None:
+                if source == "mqtt" and row[1] == "http":
+                    return _corroborate_claim(
+                        db, (str(row[0]), float(row[2])), event, station, correlation_id
+                    )
                 _complete_waiting_return(db, str(row[0]), event)
-                return str(row[0]), True
+                return ReturnSpooled(str(row[0]), True)
             db.execute(
-                "INSERT INTO return_keys (station, power_bank_serial, slot_number, observed_ts, event_id)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (station, power_bank_serial, slot_number, observed_ts, event["event_id"]),
+                "INSERT INTO return_keys"
+                " (station, power_bank_serial, slot_number, observed_ts, event_id, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (station, power_bank_serial, slot_number, observed_ts, event["event_id"], source),
             )
             # Keys older than a day can never match again.
             db.execute("DELETE FROM return_keys WHERE observed_ts < ?", (observed_ts - 86400,))
             _insert_event_row(db, event, station, correlation_id)
-            return str(event["event_id"]), False
+            return ReturnSpooled(str(event["event_id"]), False)
 
-        event_id, duplicate = await self._write(job)
-        if not duplicate:
+        spooled = await self._write(job)
+        if not spooled.duplicate:
             self.new_event.set()
-        return event_id, duplicate
+        return spooled
 
     async def due_events(self, *, now: float, limit: int) -> list[SpooledEvent]:
         """The oldest waiting event of each station whose retry time has come, oldest first.
@@ -559,12 +651,21 @@ class Spool:
         row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    async def ack(self, seqs: Sequence[int]) -> None:
-        """Core answered 2xx for these: forget them (shares a commit with concurrent writes)."""
-        if not seqs:
+    async def ack(self, delivered: Sequence[int] | Sequence[SpooledEvent]) -> None:
+        """Core answered 2xx for these: forget them (shares a commit with concurrent writes).
+
+        Given the events as read, a row whose id changed since (a return claim upgraded in place while in
+        flight, see :func:`_corroborate_claim`) stays: what was delivered is not what it holds now."""
+        if not delivered:
             return
-        rows = [(s,) for s in seqs]
-        await self._write(lambda db: db.executemany("DELETE FROM events WHERE seq = ?", rows))
+        by_seq = [(item,) for item in delivered if isinstance(item, int)]
+        by_event = [(item.seq, item.event_id) for item in delivered if isinstance(item, SpooledEvent)]
+
+        def job(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM events WHERE seq = ?", by_seq)
+            db.executemany("DELETE FROM events WHERE seq = ? AND event_id = ?", by_event)
+
+        await self._write(job)
 
     async def schedule_retries(
         self, retries: Sequence[tuple[int, float, str]], *, strikes: Sequence[int] = ()
@@ -847,6 +948,27 @@ class Spool:
             )
         )
 
+    async def audit_command_refused(
+        self,
+        *,
+        command_id: str | None,
+        station: str,
+        caller: str | None,
+        cmd: str,
+        payload: dict[str, Any],
+        refusal_code: str,
+        at: float,
+    ) -> None:
+        """A command refused before anything was published (busy, offline, invalid, ...)."""
+        values = (command_id or "", station, caller, cmd, json.dumps(payload), at, refusal_code)
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO command_audit (command_id, station, caller, cmd, payload, qos, started_at,"
+                " outcome, elapsed_ms, refusal_code) VALUES (?, ?, ?, ?, ?, 0, ?, 'refused', 0, ?)",
+                values,
+            )
+        )
+
     async def audit_rows(self, station: str) -> list[AuditRow]:
         return await self._audit_query(_AUDIT_BY_STATION, station)
 
@@ -867,6 +989,7 @@ class Spool:
                 outcome=r[6],
                 reply=json.loads(r[7]) if r[7] else None,
                 elapsed_ms=r[8],
+                refusal_code=r[9],
             )
             for r in await cursor.fetchall()
         ]

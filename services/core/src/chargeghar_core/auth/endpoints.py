@@ -13,6 +13,7 @@ from chargeghar_core.auth.models import User
 from chargeghar_core.auth.repository import UserRepository
 from chargeghar_core.auth.schemas import LoginRequest, RefreshRequest, TokenData, TokenEnvelope, UserSummary
 from chargeghar_core.auth.service import AuthService, RefreshTokenReused
+from chargeghar_core.auth.throttling import throttled_login
 from chargeghar_core.auth.tokens import TokenPair
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import BadRequest, ValidationFailed, error_response, validation_details
@@ -78,12 +79,19 @@ async def _read_login(request: Request) -> LoginRequest:
             "INVALID_JSON (neither JSON nor form data) or VALIDATION_ERROR (field paths)",
         ),
         (401, "UNAUTHORIZED", "Bad e-mail/password, inactive or non-staff account"),
+        (
+            429,
+            "LOGIN_THROTTLED",
+            "Too many failed logins for this account or from this address; retry after `Retry-After`",
+        ),
     ),
 )
 async def login(request: Request, session: DbSession) -> TokenEnvelope:
     body = await _read_login(request)
     service = AuthService(UserRepository(session), get_token_service(request))
-    user, pair = await service.login(body.email, body.password)
+    user, pair = await throttled_login(
+        request, "staff", body.email, lambda: service.login(body.email, body.password)
+    )
     return _envelope("Admin login successful", user, pair)
 
 

@@ -50,6 +50,8 @@ class TokenClaims:
     jti: str
     generation: int
     expires_at: datetime
+    # The refresh-token family (a renter's session on one device); None for tokens without one.
+    family: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +74,15 @@ class TokenService:
         # on every use; refresh tokens are never cached (each one must be spent once).
         self._verified_access: dict[str, TokenClaims] = {}
 
-    def issue_pair(self, *, user_id: uuid.UUID, role: Role, email: str, generation: int) -> TokenPair:
+    def issue_pair(
+        self, *, user_id: uuid.UUID, role: Role, email: str, generation: int, family: str | None = None
+    ) -> TokenPair:
         now = datetime.now(UTC)
-        access, access_exp = self._encode(user_id, role, email, generation, "access", now, self._access_ttl)
+        access, access_exp = self._encode(
+            user_id, role, email, generation, "access", now, self._access_ttl, family
+        )
         refresh, refresh_exp = self._encode(
-            user_id, role, email, generation, "refresh", now, self._refresh_ttl
+            user_id, role, email, generation, "refresh", now, self._refresh_ttl, family
         )
         return TokenPair(access, refresh, access_exp, refresh_exp)
 
@@ -89,6 +95,7 @@ class TokenService:
         token_type: TokenType,
         now: datetime,
         ttl: timedelta,
+        family: str | None = None,
     ) -> tuple[str, datetime]:
         expires_at = now + ttl
         claims: dict[str, Any] = {
@@ -102,6 +109,8 @@ class TokenService:
             "iat": int(now.timestamp()),
             "exp": int(expires_at.timestamp()),
         }
+        if family is not None:
+            claims["fam"] = family
         return jwt.encode(claims, self._secret, algorithm=self._algorithm), expires_at
 
     def decode(self, token: str, expected_type: TokenType) -> TokenClaims:
@@ -140,6 +149,7 @@ class TokenService:
                 jti=str(claims["jti"]),
                 generation=int(claims.get("gen", 0)),
                 expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+                family=str(claims["fam"]) if claims.get("fam") else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise Unauthorized("Invalid token claims") from exc

@@ -224,11 +224,15 @@ async def station_data(request: Request, caller: InternalCaller, session: DbSess
         await _record_parse_failure(request, body, failure, context)
         raise
 
+    signature_key = _event_key(None, f"sig:{signature}")
+    event_key = _event_key(request.headers.get(EVENT_ID_HEADER) or event.event_id, signature_key)
     context = EventContext(
-        event_key=_event_key(request.headers.get(EVENT_ID_HEADER) or event.event_id, f"sig:{signature}"),
+        event_key=event_key,
         received_at=received_at,
         payload_json=payload_json,
         started=started,
+        # X-Event-Id is not signed: the signature itself is accepted once, whatever the event id.
+        replay_key=signature_key if event_key != signature_key else None,
     )
     processor = _processor(request, session)
     structlog.contextvars.bind_contextvars(

@@ -31,6 +31,9 @@ class ReturnContext:
     returned_at: datetime
     condition: str
     event_key: str
+    # False for a return reported only over device HTTP: the rentals domain records it as a claim on the
+    # open rental instead of completing it (design: "money follows corroborated facts").
+    corroborated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class RentalReturnOutcome:
     returned_on_time: bool
     amount_due: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # True when the return was only claimed: the rental stays out and the bank is not placed in the slot.
+    claimed_only: bool = False
 
 
 class ReturnHandler(Protocol):

@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.iot.models import ProcessedEvent
 from chargeghar_core.kit.db import dialect_name, insert_for_dialect, table_of
-from chargeghar_core.powerbanks.repository import BankObservation, PowerBankRepository
+from chargeghar_core.powerbanks.repository import (
+    PG_BANK_UPSERT_CTES,
+    BankObservation,
+    BankWritten,
+    PowerBankRepository,
+    pg_bank_params,
+)
 from chargeghar_core.stations.models import Station, SyncLog
 from chargeghar_core.stations.repository import SlotObservation, StationRepository
 
@@ -261,26 +267,8 @@ def _log_params(log: SyncLogRow) -> dict[str, Any]:
 #    The three touch disjoint rows, so one statement is safe; the slot upsert must see the emptied slots
 #    (one-slot-per-bank unique constraint), which is why it is the next statement.
 _PG_SNAPSHOT_BANKS = text(
-    """
-    WITH banks AS (
-        INSERT INTO power_banks (id, serial_number, model, capacity_mah, status, battery_level, hardware_info,
-            current_station_id, current_slot_number, total_rentals, charge_cycles, last_seen_at, created_at)
-        SELECT gen_random_uuid(), t.serial, t.model, t.capacity, t.status, t.battery, CAST(t.info AS jsonb),
-            CAST(:station_id AS uuid), t.slot, 0, 0, CAST(:now AS timestamptz), CAST(:now AS timestamptz)
-        FROM unnest(CAST(:serials AS text[]), CAST(:models AS text[]), CAST(:capacities AS int[]),
-            CAST(:statuses AS text[]), CAST(:batteries AS int[]), CAST(:infos AS text[]),
-            CAST(:slots AS int[])) AS t(serial, model, capacity, status, battery, info, slot)
-        ON CONFLICT (serial_number) DO UPDATE SET
-            status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED') THEN power_banks.status
-                          ELSE excluded.status END,
-            battery_level = excluded.battery_level,
-            hardware_info = excluded.hardware_info,
-            current_station_id = excluded.current_station_id,
-            current_slot_number = excluded.current_slot_number,
-            last_seen_at = excluded.last_seen_at,
-            modified_at = excluded.last_seen_at
-        RETURNING serial_number, id, current_slot_number
-    ), detached AS (
+    f"""
+    WITH {PG_BANK_UPSERT_CTES}, detached AS (
         UPDATE power_banks SET current_station_id = NULL, current_slot_number = NULL
         WHERE current_station_id = CAST(:station_id AS uuid)
           AND NOT (serial_number = ANY(CAST(:serials AS text[])))
@@ -300,8 +288,8 @@ _PG_SNAPSHOT_BANKS = text(
           )
         RETURNING 1
     )
-    SELECT serial_number, id FROM banks
-    """
+    SELECT serial_number, id, battery_level FROM banks
+    """  # noqa: S608 - the interpolated text is a constant
 )
 
 # 2. Slots, the station row, the event's stored result and its sync-log row: four tables, one statement.
@@ -324,6 +312,14 @@ _PG_SNAPSHOT_SLOTS_AND_FINISH = text(
             duration_ms, created_at)
         VALUES (CAST(:log_id AS uuid), CAST(:station_id AS uuid), :station_key, :event_type, :event_id,
             :log_outcome, CAST(:payload AS jsonb), NULL, :duration_ms, CAST(:created_at AS timestamptz))
+        RETURNING 1
+    ), removed AS (
+        -- The snapshot is the authority on which slots exist: a slot outside its layout (a phantom created
+        -- by a stray slot event, or one the cabinet no longer has) goes unless the snapshot lists it.
+        DELETE FROM station_slots
+        WHERE station_id = CAST(:station_id AS uuid)
+          AND (slot_number > :total_slots OR slot_number < 1)
+          AND NOT (slot_number = ANY(CAST(:numbers AS int[])))
         RETURNING 1
     )
     INSERT INTO station_slots (id, station_id, slot_number, status, battery_level, power_bank_id,
@@ -363,33 +359,27 @@ class SnapshotWriter:
 
     async def write_banks(
         self, station_id: uuid.UUID, banks: Sequence[BankObservation], now: datetime
-    ) -> dict[str, uuid.UUID]:
-        """Upsert the listed banks, detach the missing ones, empty the slots; returns serial → id."""
+    ) -> dict[str, BankWritten]:
+        """Upsert the listed banks, detach the missing ones, empty the slots; returns serial → bank."""
         if not self._postgres:
-            bank_ids = await PowerBankRepository(self.session).upsert_observed(banks, now)
-            await StationRepository(self.session).release_and_detach(station_id, list(bank_ids.values()))
-            return bank_ids
+            written = await PowerBankRepository(self.session).upsert_observed(banks, now)
+            await StationRepository(self.session).release_and_detach(
+                station_id, [bank.id for bank in written.values()]
+            )
+            return written
         rows = await self.session.execute(
-            _PG_SNAPSHOT_BANKS,
-            {
-                "station_id": station_id,
-                "now": now,
-                "serials": [bank.serial_number for bank in banks],
-                "models": [bank.model for bank in banks],
-                "capacities": [bank.capacity_mah for bank in banks],
-                "statuses": [bank.status for bank in banks],
-                "batteries": [bank.battery_level for bank in banks],
-                "infos": [json.dumps(bank.hardware_info) for bank in banks],
-                "slots": [bank.slot_number for bank in banks],
-            },
+            _PG_SNAPSHOT_BANKS, {**pg_bank_params(banks, now, "full"), "station_id": station_id}
         )
-        return {serial: bank_id for serial, bank_id in rows}
+        return {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
 
     async def write_slots_and_finish(
         self, station_id: uuid.UUID, slots: Sequence[SlotObservation], finish: SnapshotFinish, now: datetime
     ) -> None:
         if not self._postgres:
             stations = StationRepository(self.session)
+            await stations.delete_slots_outside(
+                station_id, finish.station_values["total_slots"], [slot.slot_number for slot in slots]
+            )
             await stations.upsert_slots(station_id, slots, now)
             await stations.apply_snapshot_fields(station_id, finish.station_values)
             await ProcessedEventRepository(self.session).complete_and_log(

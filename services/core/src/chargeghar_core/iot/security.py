@@ -17,6 +17,7 @@ from fastapi import Request
 
 from chargeghar_core.auth.tokens import TokenClaims
 from chargeghar_core.kit.errors import CoreError, Forbidden, RateLimited
+from chargeghar_core.kit.netaddr import client_address, parse_networks
 from chargeghar_core.kit.ratelimit import RateLimiter
 from chargeghar_core.settings import Settings
 
@@ -29,17 +30,17 @@ class InternalGate:
             ipaddress.ip_network(cidr, strict=False) for cidr in settings.internal.allowed_cidrs
         ]
         self._trust_forwarded_for = settings.internal.trust_forwarded_for
+        self._trusted_proxies = parse_networks(settings.internal.trusted_proxies)
         self._rate_limit = settings.internal.rate_limit_per_minute
         self._secrets = settings.hmac.accepted_secrets()
         self._window_s = settings.hmac.window_s
         self._limiter = limiter
 
     def caller_ip(self, request: Request) -> str | None:
-        if self._trust_forwarded_for:
-            forwarded = request.headers.get("x-forwarded-for", "")
-            if forwarded:
-                return forwarded.split(",", 1)[0].strip()
-        return request.client.host if request.client else None
+        # Never the client-written leftmost X-Forwarded-For entry: only hops our proxies added count.
+        return client_address(
+            request, trust_forwarded_for=self._trust_forwarded_for, trusted_proxies=self._trusted_proxies
+        )
 
     def check_ip(self, request: Request) -> None:
         if not self._networks:

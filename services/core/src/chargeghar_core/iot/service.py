@@ -19,12 +19,14 @@ from typing import Any
 
 import structlog
 from chargeghar_protocol.contract import (
+    CommandAuditEvent,
     CommandResultEvent,
     ErrorCode,
     FullEvent,
     FullSyncResult,
     PowerBankStatus,
     ReturnedEvent,
+    ReturnFailedEvent,
     SlotEvent,
     SlotStatus,
     StationEvent,
@@ -44,8 +46,12 @@ from chargeghar_core.iot.repository import (
 from chargeghar_core.kit.db import dialect_name, utcnow
 from chargeghar_core.kit.errors import CoreError, ValidationFailed
 from chargeghar_core.kit.guard import sanitize_json, strip_unstorable
-from chargeghar_core.powerbanks.models import PowerBank
-from chargeghar_core.powerbanks.repository import BankObservation, PowerBankRepository
+from chargeghar_core.powerbanks.models import BankCondition, PowerBank
+from chargeghar_core.powerbanks.repository import (
+    BATTERY_UNKNOWN_KEY,
+    BankObservation,
+    PowerBankRepository,
+)
 from chargeghar_core.powerbanks.service import ModelCatalog, resolve_model
 from chargeghar_core.stations.models import Station, StationStatusHistory, SyncLog, SyncOutcome
 from chargeghar_core.stations.repository import SlotObservation, StationRepository
@@ -59,9 +65,15 @@ FAILURE_CODES: Mapping[str, str] = {
     "status": ErrorCode.STATUS_ERROR.value,
     "command_result": ErrorCode.SYNC_ERROR.value,
     "slot_event": ErrorCode.SYNC_ERROR.value,
+    "return_failed": ErrorCode.RETURN_ERROR.value,
+    "command_audit": ErrorCode.SYNC_ERROR.value,
 }
 
 _OPERATOR_HELD_BANK_STATUSES = frozenset({PowerBankStatus.MAINTENANCE.value, PowerBankStatus.DAMAGED.value})
+# Device views of a bank that mean "the cabinet reports a fault" (contract.md §2.1 vocabulary): they set
+# the bank's condition, never its operator status.
+_DEVICE_FAULT_STATUSES = frozenset({PowerBankStatus.MAINTENANCE, PowerBankStatus.DAMAGED})
+_RETURN_SUCCESS_STATE = 0x01
 
 
 class EventProcessingFailed(CoreError):
@@ -88,6 +100,9 @@ class EventContext:
     received_at: datetime
     payload_json: str  # the event as received, stored in the sync log
     started: float  # time.perf_counter() when the request started, for the sync log's duration
+    # ``sig:<signature>`` when the event key is not the signature itself (an X-Event-Id or a body event_id):
+    # claimed too, so a signed request replayed under a new event id is a duplicate, not applied again.
+    replay_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -133,6 +148,11 @@ class StationEventProcessor:
 
         ``batch``: the claims and locks :meth:`claim_batch` made for the batch this event belongs to."""
         _check_identifier_lengths(event)
+        if batch is None and context.replay_key is not None:
+            # Claimed first and in the same transaction: released again if the event fails.
+            if not await self.processed.claim(context.replay_key, event.type, context.received_at):
+                logger.warning("station_event_signature_replayed", event_key=context.event_key)
+                return await self._duplicate(event, context)
         if batch is None:
             # The station row stays locked until the transaction ends: two events of one station apply
             # one after the other, and the stale check below sees the newest observed_at.
@@ -146,16 +166,10 @@ class StationEventProcessor:
             station = batch.stations.get(event.device.identity)
         if not claimed:
             return await self._duplicate(event, context)
-        if isinstance(event, FullEvent):
-            outcome = await self._apply_full(event, station, context)
-        elif isinstance(event, ReturnedEvent):
-            outcome = await self._apply_returned(event, station, context)
-        elif isinstance(event, StatusEvent):
-            outcome = await self._apply_status(event, station, context)
-        elif isinstance(event, SlotEvent):
-            outcome = await self._apply_slot_event(event, station, context)
-        else:
-            outcome = await self._apply_command_result(event, station, context)
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=event.correlation_id, event_key=context.event_key
+        ):
+            outcome = await self._apply(event, station, context)
         if not outcome.finished:
             await self.processed.complete_and_log(
                 context.event_key,
@@ -165,6 +179,25 @@ class StationEventProcessor:
                 log=self._log_row(event, context, outcome.outcome, outcome.station_id),
             )
         await self.session.flush()
+        return outcome
+
+    async def _apply(
+        self, event: StationEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        if isinstance(event, FullEvent):
+            outcome = await self._apply_full(event, station, context)
+        elif isinstance(event, ReturnedEvent):
+            outcome = await self._apply_returned(event, station, context)
+        elif isinstance(event, StatusEvent):
+            outcome = await self._apply_status(event, station, context)
+        elif isinstance(event, SlotEvent):
+            outcome = await self._apply_slot_event(event, station, context)
+        elif isinstance(event, ReturnFailedEvent):
+            outcome = await self._apply_return_failed(event, station, context)
+        elif isinstance(event, CommandAuditEvent):
+            outcome = self._apply_command_audit(event, station)
+        else:
+            outcome = await self._apply_command_result(event, station, context)
         return outcome
 
     async def _duplicate(self, event: StationEvent, context: EventContext) -> EventOutcome:
@@ -214,10 +247,19 @@ class StationEventProcessor:
 
     @staticmethod
     def _status_change(
-        station: Station, new_status: str, trigger: str, at: datetime
+        station: Station,
+        new_status: str,
+        trigger: str,
+        at: datetime,
+        *,
+        channel: str | None = None,
+        channel_changed: bool = False,
     ) -> StationStatusHistory | None:
-        """The history row of a status change (None when the status stays), with the time spent before."""
-        if station.status == new_status:
+        """The history row of a status change (None when the status stays), with the time spent before.
+
+        ``channel_changed``: a presence channel changed state even though the station's status stays; the
+        row (previous status = status) records which channel it was."""
+        if station.status == new_status and not channel_changed:
             return None
         previous_duration = None
         if station.status_changed_at is not None:
@@ -230,15 +272,28 @@ class StationEventProcessor:
             trigger=trigger,
             changed_at=at,
             previous_duration_s=previous_duration,
+            channel=channel,
         )
 
-    async def _change_status(self, station: Station, new_status: str, trigger: str, at: datetime) -> bool:
-        change = self._status_change(station, new_status, trigger, at)
+    async def _change_status(
+        self,
+        station: Station,
+        new_status: str,
+        trigger: str,
+        at: datetime,
+        *,
+        channel: str | None = None,
+        channel_changed: bool = False,
+    ) -> bool:
+        change = self._status_change(
+            station, new_status, trigger, at, channel=channel, channel_changed=channel_changed
+        )
         if change is None:
             return False
         await self.stations.add_history(change)
-        station.status = new_status
-        station.status_changed_at = at
+        if station.status != new_status:
+            station.status = new_status
+            station.status_changed_at = at
         return True
 
     # ------------------------------------------------------------------ full
@@ -280,16 +335,22 @@ class StationEventProcessor:
             bank_rows = [self._with_model(bank, prefixes) for bank in bank_rows]
         writer = SnapshotWriter(self.session)
         bank_ids = await writer.write_banks(station.id, bank_rows, now)
-        slots = [
-            SlotObservation(
-                slot_number=row.slot_number,
-                status=row.status,
-                battery_level=row.battery_level,
-                power_bank_id=bank_ids.get(row.bank_serial) if row.bank_serial else None,
-                metadata=row.metadata,
+        slots = []
+        for row in slot_rows:
+            written = bank_ids.get(row.bank_serial) if row.bank_serial else None
+            battery = row.battery_level
+            if battery is None:
+                # Unknown now (0xFF): the slot shows the bank's last known level, never a made-up 0.
+                battery = written.battery_level if written is not None else 0
+            slots.append(
+                SlotObservation(
+                    slot_number=row.slot_number,
+                    status=row.status,
+                    battery_level=battery,
+                    power_bank_id=written.id if written is not None else None,
+                    metadata=row.metadata,
+                )
             )
-            for row in slot_rows
-        ]
         # The cabinet's size: as reported, or larger when the snapshot lists a higher slot. Slots beyond it
         # exist only if it shrank, so the DELETE is needed only then.
         highest = max([event.station.total_slots, *(slot.slot_number for slot in slots)])
@@ -297,7 +358,9 @@ class StationEventProcessor:
             await self.stations.delete_slots_above(station.id, highest)
 
         device = event.device
-        new_status = _effective_status(station, (device.status or StationStatus.ONLINE).value)
+        # No status in the snapshot (an HTTP upload): HTTP life says nothing about the MQTT link commands
+        # need, so the station keeps the status its presence events gave it.
+        new_status = _effective_status(station, device.status.value if device.status else station.status)
         change = self._status_change(station, new_status, "full", observed_at)
         if change is not None:
             await self.stations.add_history(change)
@@ -338,12 +401,15 @@ class StationEventProcessor:
         """Slots and banks of a snapshot, each bank in at most one slot (the first slot naming it wins)."""
         slot_rows: dict[int, _SlotRow] = {}
         for slot in event.slots:
+            metadata = slot.slot_metadata.to_wire()
+            if slot.battery_level is None and slot.power_bank_serial:
+                metadata[BATTERY_UNKNOWN_KEY] = True
             slot_rows[slot.slot_number] = _SlotRow(
                 slot_number=slot.slot_number,
                 status=slot.status.value,
-                battery_level=slot.battery_level,
+                battery_level=slot.battery_level if slot.power_bank_serial else (slot.battery_level or 0),
                 bank_serial=slot.power_bank_serial or None,
-                metadata=slot.slot_metadata.to_wire(),
+                metadata=metadata,
             )
         banks_by_serial = {bank.serial_number: bank for bank in event.power_banks}
         bank_slot: dict[str, int] = {}
@@ -368,16 +434,21 @@ class StationEventProcessor:
         for serial, slot_number in bank_slot.items():
             listed = banks_by_serial.get(serial)
             slot_row = slot_rows[slot_number]
+            condition, code = _snapshot_condition(listed.status if listed else None, slot_row)
+            battery = listed.battery_level if listed else None
             observations.append(
                 BankObservation(
                     serial_number=serial,
                     model="",
                     capacity_mah=0,
-                    status=(listed.status.value if listed else PowerBankStatus.AVAILABLE.value),
-                    battery_level=listed.battery_level if listed else slot_row.battery_level,
+                    # In a slot: not rented. A device fault is the bank's condition, not its status.
+                    status=PowerBankStatus.AVAILABLE.value,
+                    battery_level=battery if battery is not None else slot_row.battery_level,
                     hardware_info=listed.hardware_info.to_wire() if listed else {},
                     station_id=station_id,
                     slot_number=slot_number,
+                    condition=condition,
+                    condition_code=code,
                 )
             )
         return list(slot_rows.values()), observations
@@ -394,6 +465,8 @@ class StationEventProcessor:
             hardware_info=bank.hardware_info,
             station_id=bank.station_id,
             slot_number=bank.slot_number,
+            condition=bank.condition,
+            condition_code=bank.condition_code,
         )
 
     # ------------------------------------------------------------------ returned
@@ -408,14 +481,12 @@ class StationEventProcessor:
                 f"Unknown station {event.device.identity}",
                 details={"device.imei": ["no station with this identity"]},
             )
-        existing_slot = await self.stations.get_slot(station.id, info.slot_number)
-        if existing_slot is None and not 1 <= info.slot_number <= station.total_slots:
-            raise ValidationFailed(
-                f"Station {station.serial_number} has no slot {info.slot_number}",
-                details={"return_event.slot_number": [f"unknown slot (station has {station.total_slots})"]},
-            )
+        existing_slot = await self._known_slot(station, info.slot_number, "return_event.slot_number")
         bank = await self._bank_for_serial(info.power_bank_serial, now)
         returned_at = info.returned_at or event.observed_at or now
+        # Device HTTP only (forgeable sign): a claim until MQTT, a `check` or a snapshot corroborates it.
+        source = info.source or info.hardware_info.get("source")
+        corroborated = source != "http"
         rental = await self.hooks.returns.complete_open_rental(
             self.session,
             ReturnContext(
@@ -428,8 +499,25 @@ class StationEventProcessor:
                 returned_at=returned_at,
                 condition=info.condition,
                 event_key=context.event_key,
+                corroborated=corroborated,
             ),
         )
+        if rental is not None and rental.claimed_only:
+            # The bank is still out on its rental as far as anything corroborated says: leave it and the
+            # slot as they are.
+            claim: dict[str, Any] = {
+                "station_id": str(station.id),
+                "station_serial": station.serial_number,
+                "power_bank_serial": bank.serial_number,
+                "slot_number": info.slot_number,
+                "rehomed": False,
+                "return_claimed": True,
+                "rental_id": rental.rental_id,
+                "rental_code": rental.rental_code,
+                "rental_status": rental.rental_status,
+            }
+            message = "Return claimed; awaiting confirmation"
+            return EventOutcome(SyncOutcome.SUCCESS, message, claim, station.id)
         battery = info.battery_level if info.battery_level is not None else bank.battery_level
         metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
         metadata["last_return_at"] = returned_at.isoformat()
@@ -440,7 +528,16 @@ class StationEventProcessor:
         )
         self._mark_bank_present(bank, station.id, info.slot_number, battery, now)
         if info.condition.upper() == PowerBankStatus.DAMAGED.value:
-            bank.status = PowerBankStatus.DAMAGED.value
+            # The device (or bridge) says the bank came back damaged: a condition, not an operator decision.
+            await self.banks.record_condition(
+                bank,
+                BankCondition.FAULT,
+                PowerBankStatus.DAMAGED.value,
+                station_id=station.id,
+                slot_number=info.slot_number,
+                source="returned",
+                at=returned_at,
+            )
         if info.hardware_info:
             bank.hardware_info = {**bank.hardware_info, **info.hardware_info}
         station.last_heartbeat = max(
@@ -471,6 +568,20 @@ class StationEventProcessor:
             )
         message = "Rental returned" if rental is not None else "Power bank re-homed"
         return EventOutcome(SyncOutcome.SUCCESS, message, data, station.id)
+
+    async def _known_slot(self, station: Station, slot_number: int, field: str) -> Any:
+        """The station's slot ``slot_number`` (None when not written yet); 400 when the cabinet's layout has
+        no such slot. Layout = 1..total_slots from the last snapshot; before any snapshot, the slots known."""
+        existing_slot = await self.stations.get_slot(station.id, slot_number)
+        in_layout = 1 <= slot_number <= station.total_slots
+        if station.total_slots == 0:
+            in_layout = existing_slot is not None
+        if not in_layout:
+            raise ValidationFailed(
+                f"Station {station.serial_number} has no slot {slot_number}",
+                details={field: [f"unknown slot (station has {station.total_slots})"]},
+            )
+        return existing_slot
 
     async def _bank_for_serial(self, serial: str, now: datetime) -> PowerBank:
         bank = await self.banks.get_by_serial(serial)
@@ -530,9 +641,22 @@ class StationEventProcessor:
             return EventOutcome(
                 SyncOutcome.STALE, "Older than the last status change; not applied", data, station.id
             )
-        changed = await self._change_status(station, new_status, "status", observed_at)
+        channel_changed = False
+        hardware = dict(station.hardware_info)
+        if event.channels:
+            known = dict(hardware.get("channels") or {})
+            reported = {name: status.value for name, status in event.channels.items()}
+            channel_changed = event.channel is not None and known.get(event.channel) != reported.get(
+                event.channel
+            )
+            hardware["channels"] = {**known, **reported}
+        changed = await self._change_status(
+            station, new_status, "status", observed_at, channel=event.channel, channel_changed=channel_changed
+        )
         if event.device.hardware_info is not None:
-            station.hardware_info = {**station.hardware_info, **event.device.hardware_info.to_wire()}
+            hardware.update(event.device.hardware_info.to_wire())
+        if hardware != station.hardware_info:
+            station.hardware_info = hardware
         if event.device.last_heartbeat is not None:
             station.last_heartbeat = event.device.last_heartbeat
         elif new_status != StationStatus.OFFLINE.value:
@@ -572,7 +696,11 @@ class StationEventProcessor:
                 SyncOutcome.STALE, "Older than the last snapshot; not applied", data, station.id
             )
 
-        existing_slot = await self.stations.get_slot(station.id, event.slot_number)
+        existing_slot = await self._known_slot(station, event.slot_number, "slot_number")
+        code = f"0x{event.state_code:02x}"
+        if event.state_code != _RETURN_SUCCESS_STATE:
+            await self.stations.count_fault(station.id, "slot_event", code, observed_at)
+            logger.info("slot_event_failed", station_id=str(station.id), slot=event.slot_number, code=code)
         metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
         metadata.update(
             {
@@ -597,10 +725,62 @@ class StationEventProcessor:
         )
         if bank is not None:
             self._mark_bank_present(bank, station.id, event.slot_number, battery, now)
-            if event.power_bank_status in (PowerBankStatus.DAMAGED, PowerBankStatus.MAINTENANCE):
-                bank.status = event.power_bank_status.value
+            fault = event.power_bank_status in _DEVICE_FAULT_STATUSES
+            await self.banks.record_condition(
+                bank,
+                BankCondition.FAULT if fault else BankCondition.HEALTHY,
+                code if fault else None,
+                station_id=station.id,
+                slot_number=event.slot_number,
+                source="slot_event",
+                at=observed_at,
+            )
         data["applied"] = True
         return EventOutcome(SyncOutcome.SUCCESS, "Slot updated", data, station.id)
+
+    # ------------------------------------------------------------------ return_failed
+
+    async def _apply_return_failed(
+        self, event: ReturnFailedEvent, station: Station | None, context: EventContext
+    ) -> EventOutcome:
+        """A 0x40 that is not a return: recorded (sync log), counted per state code, noted on the slot.
+        Nothing changes hands: no rental is closed and no bank moves."""
+        observed_at = event.observed_at or context.received_at
+        if station is None:
+            raise ValidationFailed(
+                f"Unknown station {event.device.identity}",
+                details={"device.imei": ["no station with this identity"]},
+            )
+        existing_slot = await self._known_slot(station, event.slot_number, "slot_number")
+        code = f"0x{event.state_code:02x}"
+        await self.stations.count_fault(station.id, "return_failed", code, observed_at)
+        if existing_slot is not None:
+            existing_slot.slot_metadata = {
+                **existing_slot.slot_metadata,
+                "last_return_failure": {
+                    "state_code": code,
+                    "state_name": event.state_name,
+                    "power_bank_serial": event.power_bank_serial,
+                    "at": observed_at.isoformat(),
+                },
+            }
+        logger.warning(
+            "return_failed",
+            station_id=str(station.id),
+            slot=event.slot_number,
+            code=code,
+            state=event.state_name,
+            power_bank_serial=event.power_bank_serial,
+        )
+        data: dict[str, Any] = {
+            "station_id": str(station.id),
+            "station_serial": station.serial_number,
+            "slot_number": event.slot_number,
+            "state_code": code,
+            "state_name": event.state_name,
+            "power_bank_serial": event.power_bank_serial,
+        }
+        return EventOutcome(SyncOutcome.SUCCESS, "Failed return recorded", data, station.id)
 
     # ------------------------------------------------------------------ command_result
 
@@ -618,6 +798,21 @@ class StationEventProcessor:
             "settled": settled,
         }
         return EventOutcome(SyncOutcome.SUCCESS, "Command result recorded", data, station_id)
+
+    @staticmethod
+    def _apply_command_audit(event: CommandAuditEvent, station: Station | None) -> EventOutcome:
+        """A command the ingest sent or refused: recorded in the sync log only (the audit trail of every
+        replica in one place), never a change to the station. An unknown station is recorded too."""
+        station_id = station.id if station is not None else None
+        data: dict[str, Any] = {
+            "station_id": str(station_id) if station_id else None,
+            "command_id": event.command_id,
+            "cmd": event.cmd,
+            "outcome": event.outcome,
+            "refusal_code": event.refusal_code,
+            "recorded": True,
+        }
+        return EventOutcome(SyncOutcome.SUCCESS, "Command audit recorded", data, station_id)
 
 
 def failure_log_entry(
@@ -645,9 +840,19 @@ def failure_log_entry(
 class _SlotRow:
     slot_number: int
     status: str
-    battery_level: int
+    battery_level: int | None  # None: unknown (0xFF)
     bank_serial: str | None
     metadata: dict[str, Any]
+
+
+def _snapshot_condition(listed: PowerBankStatus | None, slot: _SlotRow) -> tuple[str, str | None]:
+    """A bank's device-reported condition from a snapshot: the device's MAINTENANCE/DAMAGED (or a slot in
+    ERROR holding it) is a fault with the slot's error code; anything else is healthy."""
+    if listed in _DEVICE_FAULT_STATUSES or slot.status == SlotStatus.ERROR.value:
+        code = slot.metadata.get("error_code")
+        text = str(code) if code else (listed.value if listed is not None else SlotStatus.ERROR.value)
+        return BankCondition.FAULT, text[:16]
+    return BankCondition.HEALTHY, None
 
 
 def _effective_status(station: Station, reported: str) -> str:
@@ -676,7 +881,7 @@ def _check_identifier_lengths(event: StationEvent) -> None:
         ]
     elif isinstance(event, ReturnedEvent):
         serials.append(("return_event.power_bank_serial", event.return_event.power_bank_serial))
-    elif isinstance(event, SlotEvent):
+    elif isinstance(event, SlotEvent | ReturnFailedEvent):
         serials.append(("power_bank_serial", event.power_bank_serial))
     for path, serial in serials:
         if serial is not None and len(serial) > MAX_IDENTIFIER_LENGTH:

@@ -78,6 +78,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         engine = create_async_engine(
             settings.url,
             echo=settings.echo,
+            # Never put bound values (password hashes, tokens) into exception messages or echo logs.
+            hide_parameters=True,
             connect_args={"timeout": settings.connect_timeout_s},
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
@@ -86,6 +88,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     return create_async_engine(
         settings.url,
         echo=settings.echo,
+        hide_parameters=True,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         # No pool_pre_ping: it costs two round trips (BEGIN; ROLLBACK) on every checkout, i.e. on every
@@ -167,3 +170,13 @@ def insert_for_dialect(dialect: str, table: Any) -> Any:
 def table_of(model: type[Base]) -> Table:
     """The Core ``Table`` of a mapped class, typed as such (``__table__`` is typed as a FromClause)."""
     return cast(Table, model.__table__)
+
+
+LIKE_ESCAPE = "\\"
+
+
+def like_contains(text: str) -> str:
+    """A ``LIKE`` pattern matching ``text`` anywhere, lower-cased, with the wildcards ``%`` and ``_`` (and
+    the escape character) in ``text`` escaped: use with ``.like(pattern, escape=LIKE_ESCAPE)``."""
+    escaped = text.lower().replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -7,6 +7,7 @@ and echoes it in the response, so one id follows an event from the device frame 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import uuid
 
@@ -14,6 +15,38 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORRELATION_HEADER = "x-correlation-id"
+
+# Last line of defence for log output (tracebacks included): password hashes, JWTs and bearer tokens are
+# replaced whatever logged them. SQL parameters never reach a log in the first place (hide_parameters).
+_SECRET_PATTERNS = (
+    re.compile(r"\$argon2(?:id|i|d)\$[^\s'\",)\]]+"),
+    re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+)
+_SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "signature", "otp")
+
+
+def redact(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "<redacted>", text)
+    return text
+
+
+def _redact_sensitive_keys(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key in list(event_dict):
+        if any(word in key.lower() for word in _SENSITIVE_KEYS) and event_dict[key] is not None:
+            event_dict[key] = "<redacted>"
+    return event_dict
+
+
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 _MAX_CORRELATION_ID_LENGTH = 128
 
 
@@ -24,6 +57,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        _redact_sensitive_keys,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
@@ -34,7 +68,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RedactingFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -14,18 +14,25 @@ from chargeghar_core.kit.errors import BadRequest, Forbidden, NotFound
 from chargeghar_core.kit.openapi import WEBHOOK_SIGNATURE_SCHEME, errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
 from chargeghar_core.payments.models import LedgerKind
-from chargeghar_core.payments.providers import PaymentProviders, parse_captured_webhook
+from chargeghar_core.payments.nepal import EsewaProvider
+from chargeghar_core.payments.providers import PaymentProvider, PaymentProviders, parse_captured_webhook
+from chargeghar_core.payments.refunds import RefundService
 from chargeghar_core.payments.repository import PaymentRepository, WalletRepository
 from chargeghar_core.payments.schemas import (
     AdjustmentRequest,
+    CallbackOut,
     ConfirmRequest,
     LedgerEntryOut,
     PaymentOut,
+    RefundApproval,
+    RefundOut,
+    RefundRejection,
+    RefundRequestIn,
     TopupOut,
     TopupRequest,
     WalletOut,
 )
-from chargeghar_core.payments.service import PaymentService
+from chargeghar_core.payments.service import LOOKUP_PROVIDERS, PaymentService
 from chargeghar_core.payments.wallet import WalletService
 from chargeghar_core.rentals.repository import RentalRepository
 from chargeghar_core.rentals.settings import PaymentSettings
@@ -154,6 +161,107 @@ async def webhook(provider_name: str, request: Request, session: DbSession) -> E
     )
 
 
+LOOKUP_ERRORS = (
+    (404, "PAYMENT_NOT_FOUND", "No top-up with this id (or pidx / transaction_uuid)"),
+    (502, "PAYMENT_PROVIDER_ERROR", "The provider could not be reached or gave no usable answer; retry"),
+)
+
+
+def _lookup_provider(request: Request, name: str) -> Any:
+    if name not in LOOKUP_PROVIDERS:
+        raise BadRequest(
+            "This provider is confirmed by signature, not by lookup", code="NOT_A_LOOKUP_PROVIDER"
+        )
+    provider: PaymentProvider = _providers(request).get(name)
+    return provider
+
+
+@router.post(
+    "/api/payments/topups/{payment_id}/check",
+    response_model=Envelope[PaymentOut],
+    summary="Ask eSewa or Khalti now how my top-up stands (credits it once if they confirm it)",
+    responses=errors(
+        (400, "NOT_A_LOOKUP_PROVIDER", "The top-up is not an eSewa/Khalti one, or AMOUNT_MISMATCH"),
+        (403, "FORBIDDEN", "Not a renter token"),
+        *LOOKUP_ERRORS,
+    ),
+)
+async def check_topup(
+    payment_id: uuid.UUID, request: Request, session: DbSession, renter: CurrentRenter
+) -> Envelope[PaymentOut]:
+    payment = await PaymentRepository(session).get(payment_id)
+    if payment is None or payment.user_id != renter.user_id:
+        raise NotFound("Payment not found", code="PAYMENT_NOT_FOUND")
+    provider = _lookup_provider(request, payment.provider)
+    settled = await PaymentService(session, _settings(request)).settle_by_lookup(payment, provider)
+    return Envelope(message=f"Payment {settled.status.lower()}", data=PaymentOut.of(settled))
+
+
+@router.get(
+    "/api/payments/callbacks/esewa",
+    response_model=Envelope[CallbackOut],
+    summary="eSewa success redirect: verifies the signed data, then confirms with eSewa's status check",
+    description="eSewa sends the renter's browser here with `?data=<base64 JSON>`. The signature is checked "
+    "first; the wallet is credited only when eSewa's status check API answers COMPLETE for our amount.",
+    responses=errors(
+        (400, "INVALID_CALLBACK", "Malformed data, a signature that does not verify, or AMOUNT_MISMATCH"),
+        *LOOKUP_ERRORS,
+    ),
+    openapi_extra={"security": []},
+)
+async def esewa_success(
+    request: Request, session: DbSession, data: Annotated[str, Query(min_length=8, max_length=4096)]
+) -> Envelope[CallbackOut]:
+    provider = _lookup_provider(request, "esewa")
+    assert isinstance(provider, EsewaProvider)
+    callback = provider.decode_callback(data)
+    payment = await PaymentRepository(session).by_order("esewa", callback.transaction_uuid)
+    if payment is None:
+        raise NotFound("Payment not found", code="PAYMENT_NOT_FOUND")
+    if callback.total_amount_paisa != payment.amount_paisa:
+        raise BadRequest("The redirect is for another amount", code="AMOUNT_MISMATCH")
+    settled = await PaymentService(session, _settings(request)).settle_by_lookup(payment, provider)
+    return Envelope(message=f"Payment {settled.status.lower()}", data=CallbackOut.of(settled))
+
+
+@router.get(
+    "/api/payments/callbacks/esewa/failure/{transaction_uuid}",
+    response_model=Envelope[CallbackOut],
+    summary="eSewa failure redirect: records what eSewa's status check says about the top-up",
+    responses=errors((400, "BAD_REQUEST", "AMOUNT_MISMATCH"), *LOOKUP_ERRORS),
+    openapi_extra={"security": []},
+)
+async def esewa_failure(
+    transaction_uuid: uuid.UUID, request: Request, session: DbSession
+) -> Envelope[CallbackOut]:
+    provider = _lookup_provider(request, "esewa")
+    payment = await PaymentRepository(session).by_order("esewa", str(transaction_uuid))
+    if payment is None:
+        raise NotFound("Payment not found", code="PAYMENT_NOT_FOUND")
+    settled = await PaymentService(session, _settings(request)).settle_by_lookup(payment, provider)
+    return Envelope(message=f"Payment {settled.status.lower()}", data=CallbackOut.of(settled))
+
+
+@router.get(
+    "/api/payments/callbacks/khalti",
+    response_model=Envelope[CallbackOut],
+    summary="Khalti return URL: confirms the top-up with Khalti's lookup API before crediting",
+    description="Khalti sends the renter's browser here with `pidx`, `status` and more; only `pidx` is used, "
+    "and the wallet is credited only when `epayment/lookup` answers Completed for our amount.",
+    responses=errors((400, "BAD_REQUEST", "AMOUNT_MISMATCH"), *LOOKUP_ERRORS),
+    openapi_extra={"security": []},
+)
+async def khalti_return(
+    request: Request, session: DbSession, pidx: Annotated[str, Query(min_length=1, max_length=100)]
+) -> Envelope[CallbackOut]:
+    provider = _lookup_provider(request, "khalti")
+    payment = await PaymentRepository(session).by_order("khalti", pidx)
+    if payment is None:
+        raise NotFound("Payment not found", code="PAYMENT_NOT_FOUND")
+    settled = await PaymentService(session, _settings(request)).settle_by_lookup(payment, provider)
+    return Envelope(message=f"Payment {settled.status.lower()}", data=CallbackOut.of(settled))
+
+
 @router.get(
     "/api/payments", response_model=Envelope[Page[PaymentOut]], summary="My payments (top-ups), newest first"
 )
@@ -194,3 +302,130 @@ async def adjust_wallet(
         await wallet_service.debit(user_id, -body.amount_paisa, LedgerKind.ADJUSTMENT, key, note=note)
     entry = await WalletRepository(session).entry_by_key(key)
     return Envelope(message="Wallet adjusted", data=LedgerEntryOut.of(entry) if entry else None)
+
+
+# ------------------------------------------------------------------------------------------------ refunds
+
+
+def _refunds(request: Request, session: DbSession) -> RefundService:
+    return RefundService(session, _settings(request).currency, _providers(request))
+
+
+@router.post(
+    "/api/refunds",
+    status_code=201,
+    response_model=Envelope[RefundOut],
+    summary="Ask for a refund of a charge (back to my wallet) or of a top-up (back to its payment)",
+    responses=errors(
+        (
+            400,
+            "NOT_REFUNDABLE",
+            "NOT_REFUNDABLE, REFUND_NOT_SUPPORTED (provider has no refund API), AMOUNT_OUT_OF_RANGE, "
+            "REFUND_TARGET_REQUIRED or UNKNOWN_PAYMENT_PROVIDER",
+        ),
+        (403, "FORBIDDEN", "Not a renter token"),
+        (404, "CHARGE_NOT_FOUND", "No such charge or payment of mine (CHARGE_NOT_FOUND, PAYMENT_NOT_FOUND)"),
+        (409, "REFUND_PENDING", "A request for this charge awaits a decision, or ALREADY_REFUNDED"),
+    ),
+)
+async def request_refund(
+    body: RefundRequestIn, request: Request, session: DbSession, renter: CurrentRenter
+) -> Envelope[RefundOut]:
+    refund = await _refunds(request, session).request(
+        renter.user_id,
+        ledger_entry_id=body.ledger_entry_id,
+        payment_id=body.payment_id,
+        amount_paisa=body.amount_paisa,
+        reason=body.reason,
+    )
+    return Envelope(message="Refund requested", data=RefundOut.of(refund))
+
+
+@router.get(
+    "/api/refunds",
+    response_model=Envelope[Page[RefundOut]],
+    summary="My refund requests and their decisions, newest first",
+)
+async def my_refunds(
+    request: Request,
+    session: DbSession,
+    renter: CurrentRenter,
+    page: PageNumber = 1,
+    page_size: PageSize = 20,
+) -> Envelope[Page[RefundOut]]:
+    rows, total = await _refunds(request, session).list(
+        user_id=renter.user_id, status=None, limit=page_size, offset=(page - 1) * page_size
+    )
+    return Envelope(
+        data=Page(items=[RefundOut.of(r) for r in rows], total=total, page=page, page_size=page_size)
+    )
+
+
+@admin_router.get(
+    "/api/admin/refunds",
+    response_model=Envelope[Page[RefundOut]],
+    summary="Refund requests of all renters (filter by status or renter), newest first",
+)
+async def admin_refunds(
+    request: Request,
+    session: DbSession,
+    staff: StaffUser,
+    status: Annotated[str | None, Query(max_length=16, description="REQUESTED, APPROVED or REJECTED")] = None,
+    user_id: uuid.UUID | None = None,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
+) -> Envelope[Page[RefundOut]]:
+    rows, total = await _refunds(request, session).list(
+        user_id=user_id,
+        status=status,
+        limit=page_size,
+        offset=(page - 1) * page_size,
+    )
+    return Envelope(
+        data=Page(items=[RefundOut.of(r) for r in rows], total=total, page=page, page_size=page_size)
+    )
+
+
+@admin_router.post(
+    "/api/admin/refunds/{refund_id}/approve",
+    response_model=Envelope[RefundOut],
+    summary="Approve a refund request, in full or in part, and pay it out",
+    description="A charge is credited back to the wallet (REFUND ledger row); a top-up is debited from the "
+    "wallet (PROVIDER_REFUND) and refunded through its provider in the same transaction.",
+    responses=errors(
+        (400, "AMOUNT_OUT_OF_RANGE", "More than requested or than is left of the charge"),
+        (402, "INSUFFICIENT_FUNDS", "A top-up refund larger than the wallet's balance"),
+        (404, "REFUND_NOT_FOUND", "No refund request with this id"),
+        (409, "REFUND_ALREADY_DECIDED", "Approved or rejected before"),
+        (502, "PAYMENT_PROVIDER_ERROR", "The provider refused or could not be reached; nothing changed"),
+    ),
+)
+async def approve_refund(
+    refund_id: uuid.UUID, body: RefundApproval, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RefundOut]:
+    refund = await _refunds(request, session).approve(
+        refund_id,
+        staff_id=staff.user_id,
+        staff_email=staff.email,
+        amount_paisa=body.amount_paisa,
+        note=body.note,
+    )
+    return Envelope(message="Refund approved", data=RefundOut.of(refund))
+
+
+@admin_router.post(
+    "/api/admin/refunds/{refund_id}/reject",
+    response_model=Envelope[RefundOut],
+    summary="Reject a refund request with a note the renter sees",
+    responses=errors(
+        (404, "REFUND_NOT_FOUND", "No refund request with this id"),
+        (409, "REFUND_ALREADY_DECIDED", "Approved or rejected before"),
+    ),
+)
+async def reject_refund(
+    refund_id: uuid.UUID, body: RefundRejection, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RefundOut]:
+    refund = await _refunds(request, session).reject(
+        refund_id, staff_id=staff.user_id, staff_email=staff.email, note=body.note
+    )
+    return Envelope(message="Refund rejected", data=RefundOut.of(refund))

@@ -22,12 +22,26 @@ class LedgerKind(StrEnum):
     LATE_FEE = "LATE_FEE"
     REFUND = "REFUND"
     ADJUSTMENT = "ADJUSTMENT"
+    # A top-up sent back to the renter's original payment (eSewa/Khalti/...): leaves the wallet.
+    PROVIDER_REFUND = "PROVIDER_REFUND"
 
 
 class PaymentStatus(StrEnum):
     CREATED = "CREATED"
     CAPTURED = "CAPTURED"
     FAILED = "FAILED"
+    EXPIRED = "EXPIRED"  # never completed at the provider within the expiry time
+
+
+class RefundStatus(StrEnum):
+    REQUESTED = "REQUESTED"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class RefundDestination(StrEnum):
+    WALLET = "WALLET"  # a charge (ledger debit) credited back to the wallet
+    ORIGINAL_PAYMENT = "ORIGINAL_PAYMENT"  # a top-up returned through its provider
 
 
 class Wallet(TimestampMixin, Base):
@@ -45,7 +59,8 @@ class LedgerEntry(Base):
     __tablename__ = "wallet_ledger"
     __table_args__ = (
         CheckConstraint(
-            "kind IN ('TOPUP', 'RENTAL_CHARGE', 'LATE_FEE', 'REFUND', 'ADJUSTMENT')", name="kind_known"
+            "kind IN ('TOPUP', 'RENTAL_CHARGE', 'LATE_FEE', 'REFUND', 'ADJUSTMENT', 'PROVIDER_REFUND')",
+            name="kind_known",
         ),
         CheckConstraint("amount_paisa <> 0", name="amount_non_zero"),
         Index("ix_wallet_ledger_user_created", "user_id", "created_at"),
@@ -75,7 +90,7 @@ class Payment(TimestampMixin, Base):
     __tablename__ = "payments"
     __table_args__ = (
         CheckConstraint("amount_paisa > 0", name="amount_positive"),
-        CheckConstraint("status IN ('CREATED', 'CAPTURED', 'FAILED')", name="status_known"),
+        CheckConstraint("status IN ('CREATED', 'CAPTURED', 'FAILED', 'EXPIRED')", name="status_known"),
         UniqueConstraint("provider", "provider_order_id"),
         UniqueConstraint("provider", "provider_payment_id"),
         Index("ix_payments_user_created", "user_id", "created_at"),
@@ -91,3 +106,45 @@ class Payment(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default=PaymentStatus.CREATED.value)
     captured_at: Mapped[datetime | None] = mapped_column(default=None)
     failure_reason: Mapped[str | None] = mapped_column(String(300), default=None)
+    # Last server-side lookup at the provider (eSewa status check, Khalti lookup) by the re-check job.
+    checked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RefundRequest(TimestampMixin, Base):
+    """A renter's request to get a charge (a ledger debit) or a top-up (a payment) back, and its decision.
+
+    Approving posts the ledger row(s) in the same transaction as the status change (compare-and-set from
+    REQUESTED), so a request is paid out at most once; approved amounts per charge never exceed the charge.
+    """
+
+    __tablename__ = "refund_requests"
+    __table_args__ = (
+        CheckConstraint("amount_requested_paisa > 0", name="amount_requested_positive"),
+        CheckConstraint(
+            "amount_approved_paisa IS NULL OR amount_approved_paisa > 0", name="amount_approved_positive"
+        ),
+        CheckConstraint("status IN ('REQUESTED', 'APPROVED', 'REJECTED')", name="status_known"),
+        CheckConstraint("destination IN ('WALLET', 'ORIGINAL_PAYMENT')", name="destination_known"),
+        CheckConstraint("(ledger_entry_id IS NULL) <> (payment_id IS NULL)", name="exactly_one_target"),
+        Index("ix_refund_requests_user_created", "user_id", "created_at"),
+        Index("ix_refund_requests_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ledger_entry_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("wallet_ledger.id", ondelete="SET NULL"), default=None, index=True
+    )
+    payment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("payments.id", ondelete="SET NULL"), default=None, index=True
+    )
+    destination: Mapped[str] = mapped_column(String(20))
+    amount_requested_paisa: Mapped[int] = mapped_column(BigInteger)
+    amount_approved_paisa: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reason: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), default=RefundStatus.REQUESTED.value)
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(default=None)  # the staff account (no FK: audit)
+    decided_by_email: Mapped[str | None] = mapped_column(String(320), default=None)
+    decision_note: Mapped[str | None] = mapped_column(String(500), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    provider_refund_ref: Mapped[str | None] = mapped_column(String(200), default=None)

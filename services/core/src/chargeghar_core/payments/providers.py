@@ -103,9 +103,13 @@ class SandboxProvider:
     """For development and tests: orders are created locally, signatures use the sandbox secret."""
 
     name = "sandbox"
+    supports_refund = True  # refunds to a sandbox "original payment" are recorded locally
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
+
+    async def refund(self, provider_payment_id: str, amount_paisa: int, *, full: bool) -> str:
+        return f"sandbox-refund:{provider_payment_id}:{amount_paisa}"
 
     async def create_order(self, *, amount_paisa: int, currency: str, receipt: str) -> ProviderOrder:
         order_id = f"sandbox_order_{uuid.uuid4().hex[:16]}"
@@ -212,6 +216,29 @@ def build_providers(settings: PaymentSettings, http: httpx.AsyncClient) -> Payme
     providers: dict[str, PaymentProvider] = {}
     if settings.sandbox_enabled:
         providers["sandbox"] = SandboxProvider(settings.sandbox_secret.get_secret_value())
+    if settings.esewa_enabled or settings.khalti_enabled:
+        from chargeghar_core.payments.nepal import EsewaProvider, KhaltiProvider
+
+        if settings.esewa_enabled:
+            providers["esewa"] = EsewaProvider(
+                http,
+                form_url=settings.esewa_form_url,
+                status_url=settings.esewa_status_url,
+                product_code=settings.esewa_product_code,
+                secret_key=settings.esewa_secret_key.get_secret_value(),
+                public_base_url=settings.public_base_url,
+                timeout_s=settings.provider_timeout_s,
+                retries=settings.provider_retries,
+            )
+        if settings.khalti_enabled:
+            providers["khalti"] = KhaltiProvider(
+                http,
+                base_url=settings.khalti_base_url,
+                secret_key=settings.khalti_secret_key.get_secret_value(),
+                public_base_url=settings.public_base_url,
+                timeout_s=settings.provider_timeout_s,
+                retries=settings.provider_retries,
+            )
     if settings.razorpay_key_id:
         providers["razorpay"] = RazorpayProvider(
             http,

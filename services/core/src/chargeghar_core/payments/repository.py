@@ -109,12 +109,20 @@ class PaymentRepository:
         )
         return rows.scalar_one_or_none()
 
-    async def mark_captured(self, payment_id: uuid.UUID, provider_payment_id: str, at: datetime) -> bool:
-        """CREATED → CAPTURED, once: False when it was captured (or failed) already."""
+    async def mark_captured(
+        self, payment_id: uuid.UUID, provider_payment_id: str, at: datetime, *, from_expired: bool = False
+    ) -> bool:
+        """CREATED → CAPTURED, once: False when it was captured (or failed) already.
+
+        ``from_expired``: the provider itself confirmed the payment complete after we expired it (the renter
+        paid in the last moment) — the money was taken, so it is credited all the same, still once."""
         table = table_of(Payment)
+        sources = [PaymentStatus.CREATED.value]
+        if from_expired:
+            sources.append(PaymentStatus.EXPIRED.value)
         result = await self.session.execute(
             update(table)
-            .where(table.c.id == payment_id, table.c.status == PaymentStatus.CREATED.value)
+            .where(table.c.id == payment_id, table.c.status.in_(sources))
             .values(
                 status=PaymentStatus.CAPTURED.value,
                 provider_payment_id=provider_payment_id,
@@ -132,6 +140,36 @@ class PaymentRepository:
             .values(status=PaymentStatus.FAILED.value, failure_reason=reason[:300], modified_at=at)
         )
         return bool(getattr(result, "rowcount", 0))
+
+    async def mark_expired(self, payment_id: uuid.UUID, reason: str, at: datetime) -> bool:
+        table = table_of(Payment)
+        result = await self.session.execute(
+            update(table)
+            .where(table.c.id == payment_id, table.c.status == PaymentStatus.CREATED.value)
+            .values(status=PaymentStatus.EXPIRED.value, failure_reason=reason[:300], modified_at=at)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def mark_checked(self, payment_id: uuid.UUID, at: datetime) -> None:
+        table = table_of(Payment)
+        await self.session.execute(update(table).where(table.c.id == payment_id).values(checked_at=at))
+
+    async def due_for_lookup(
+        self, providers: list[str], *, created_before: datetime, checked_before: datetime, limit: int
+    ) -> list[uuid.UUID]:
+        """Top-ups still CREATED at a lookup provider, oldest first, not looked up recently."""
+        rows = await self.session.execute(
+            select(Payment.id)
+            .where(
+                Payment.status == PaymentStatus.CREATED.value,
+                Payment.provider.in_(providers),
+                Payment.created_at < created_before,
+                (Payment.checked_at.is_(None)) | (Payment.checked_at < checked_before),
+            )
+            .order_by(Payment.created_at)
+            .limit(limit)
+        )
+        return list(rows.scalars())
 
     async def history(self, user_id: uuid.UUID, *, limit: int, offset: int) -> tuple[list[Payment], int]:
         query = select(Payment).where(Payment.user_id == user_id)

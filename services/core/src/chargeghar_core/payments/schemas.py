@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chargeghar_core.payments.models import LedgerEntry, Payment
+from chargeghar_core.payments.models import LedgerEntry, Payment, RefundRequest
 
 
 class WalletOut(BaseModel):
@@ -58,6 +58,22 @@ class PaymentOut(BaseModel):
         return cls.model_validate(payment)
 
 
+class CallbackOut(BaseModel):
+    """What a provider redirect learns: the top-up's state, nothing about the renter."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    provider: str
+    amount_paisa: int
+    currency: str
+    status: str
+
+    @classmethod
+    def of(cls, payment: Payment) -> CallbackOut:
+        return cls.model_validate(payment)
+
+
 class TopupOut(BaseModel):
     payment: PaymentOut
     checkout: dict[str, Any]
@@ -71,3 +87,46 @@ class ConfirmRequest(BaseModel):
 class AdjustmentRequest(BaseModel):
     amount_paisa: int = Field(description="Positive credits, negative debits; never zero")
     reason: str = Field(min_length=3, max_length=250)
+
+
+class RefundRequestIn(BaseModel):
+    """Exactly one target: a charge (ledger row) back to the wallet, or a top-up back to its payment."""
+
+    ledger_entry_id: uuid.UUID | None = None
+    payment_id: uuid.UUID | None = None
+    amount_paisa: int | None = Field(default=None, gt=0, le=10_000_000, description="Default: all of it")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class RefundApproval(BaseModel):
+    amount_paisa: int | None = Field(
+        default=None, gt=0, le=10_000_000, description="Approve part of the request; default: all of it"
+    )
+    note: str | None = Field(default=None, max_length=500)
+
+
+class RefundRejection(BaseModel):
+    note: str = Field(min_length=3, max_length=500)
+
+
+class RefundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    ledger_entry_id: uuid.UUID | None
+    payment_id: uuid.UUID | None
+    destination: str
+    amount_requested_paisa: int
+    amount_approved_paisa: int | None
+    reason: str
+    status: str
+    decided_by_email: str | None
+    decision_note: str | None
+    decided_at: datetime | None
+    provider_refund_ref: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, refund: RefundRequest) -> RefundOut:
+        return cls.model_validate(refund)

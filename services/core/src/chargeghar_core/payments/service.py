@@ -4,13 +4,17 @@ provider's signed webhook, whichever comes first; the other one changes nothing.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.kit.db import utcnow
 from chargeghar_core.kit.errors import BadRequest, CoreError, Forbidden, NotFound
+from chargeghar_core.notifications.events import topup_captured
 from chargeghar_core.payments.models import LedgerKind, Payment, PaymentStatus
+from chargeghar_core.payments.nepal import LookupRef, LookupState, ProviderStatus
 from chargeghar_core.payments.providers import CapturedPayment, PaymentProvider, ProviderOrder
 from chargeghar_core.payments.repository import PaymentRepository, serialise_sqlite_writers
 from chargeghar_core.payments.wallet import WalletService
@@ -23,6 +27,10 @@ class InvalidPaymentSignature(CoreError):
     status_code = 400
     code = "INVALID_PAYMENT_SIGNATURE"
     default_message = "The payment signature does not match"
+
+
+# Providers whose top-ups are confirmed by a server-side lookup (payments/nepal.py).
+LOOKUP_PROVIDERS = frozenset({"esewa", "khalti"})
 
 
 class PaymentService:
@@ -46,6 +54,8 @@ class PaymentService:
             )
         payment_id = uuid.uuid4()
         currency = self.settings.razorpay_currency if provider.name == "razorpay" else self.settings.currency
+        if provider.name in LOOKUP_PROVIDERS:
+            currency = "NPR"  # eSewa and Khalti take Nepali rupees only
         order = await provider.create_order(
             amount_paisa=amount_paisa, currency=currency, receipt=payment_id.hex
         )
@@ -98,8 +108,55 @@ class PaymentService:
         await self._capture(payment, captured.payment_id, payment.amount_paisa)
         return await self._reloaded(payment)
 
-    async def _capture(self, payment: Payment, provider_payment_id: str, amount_paisa: int) -> None:
-        if await self.payments.mark_captured(payment.id, provider_payment_id, utcnow()):
+    async def settle_by_lookup(self, payment: Payment, provider: Any) -> Payment:
+        """Ask the provider (server to server) how the top-up stands and act on its answer, once.
+
+        COMPLETE for our amount credits the wallet (compare-and-set CREATED → CAPTURED, so a redirect, a
+        callback and the job racing each other credit it exactly once); FAILED marks it failed; PENDING past
+        the expiry time expires it; HOLD (in doubt at the provider) is left for people to look at.
+        Commits nothing itself: the caller's transaction holds the change.
+        """
+        if payment.status == PaymentStatus.CAPTURED.value or payment.status == PaymentStatus.FAILED.value:
+            return payment
+        status: ProviderStatus = await provider.lookup(
+            LookupRef(payment.id, payment.provider_order_id, payment.amount_paisa)
+        )
+        now = utcnow()
+        await self.payments.mark_checked(payment.id, now)
+        if status.state is LookupState.COMPLETE:
+            if status.amount_paisa != payment.amount_paisa:
+                logger.error(
+                    "topup_amount_mismatch",
+                    payment_id=str(payment.id),
+                    expected=payment.amount_paisa,
+                    provider_amount=status.amount_paisa,
+                )
+                raise BadRequest("The provider reports another amount", code="AMOUNT_MISMATCH")
+            await self._capture(
+                payment,
+                status.provider_payment_id or payment.provider_order_id,
+                payment.amount_paisa,
+                from_expired=True,
+            )
+        elif status.state is LookupState.FAILED:
+            if await self.payments.mark_failed(payment.id, f"{provider.name}: {status.raw_status}", now):
+                logger.info("topup_failed", payment_id=str(payment.id), provider_status=status.raw_status)
+        elif status.state is LookupState.PENDING:
+            expires = payment.created_at + timedelta(seconds=self.settings.topup_expire_after_s)
+            if now >= expires and await self.payments.mark_expired(
+                payment.id, f"{provider.name}: {status.raw_status} after expiry", now
+            ):
+                logger.info("topup_expired", payment_id=str(payment.id), provider_status=status.raw_status)
+        else:
+            logger.warning("topup_on_hold", payment_id=str(payment.id), provider_status=status.raw_status)
+        return await self._reloaded(payment)
+
+    async def _capture(
+        self, payment: Payment, provider_payment_id: str, amount_paisa: int, *, from_expired: bool = False
+    ) -> None:
+        if await self.payments.mark_captured(
+            payment.id, provider_payment_id, utcnow(), from_expired=from_expired
+        ):
             await self.wallet.credit(
                 payment.user_id,
                 amount_paisa,
@@ -109,6 +166,13 @@ class PaymentService:
                 note=f"Top-up via {payment.provider}",
             )
             logger.info("topup_captured", payment_id=str(payment.id), amount=amount_paisa)
+            await topup_captured(
+                self.session,
+                user_id=payment.user_id,
+                payment_id=payment.id,
+                amount_paisa=amount_paisa,
+                provider=payment.provider,
+            )
         else:
             logger.info("topup_already_settled", payment_id=str(payment.id))
 

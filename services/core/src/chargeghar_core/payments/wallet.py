@@ -68,6 +68,7 @@ class WalletService:
         key: str,
         *,
         rental_id: uuid.UUID | None = None,
+        payment_id: uuid.UUID | None = None,
         note: str = "",
         allow_partial: bool = False,
     ) -> Posting:
@@ -76,7 +77,7 @@ class WalletService:
         if amount_paisa <= 0:
             raise ValueError("a debit amount must be positive")
         return await self._post(
-            user_id, -amount_paisa, kind, key, rental_id, None, note, partial=allow_partial
+            user_id, -amount_paisa, kind, key, rental_id, payment_id, note, partial=allow_partial
         )
 
     async def _post(

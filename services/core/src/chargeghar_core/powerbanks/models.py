@@ -7,10 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from chargeghar_protocol.contract import PowerBankStatus
-from sqlalchemy import CheckConstraint, ForeignKey, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from chargeghar_core.kit.db import Base, TimestampMixin
+from chargeghar_core.kit.db import Base, TimestampMixin, utcnow
+
+
+class BankCondition:
+    """What the cabinet reports about a bank, apart from the operator's ``status``: it follows the device
+    and heals when the device says so. ``condition_code`` keeps the device's fault code ("0x03")."""
+
+    HEALTHY = "HEALTHY"
+    FAULT = "FAULT"
 
 
 class PowerBank(TimestampMixin, Base):
@@ -18,13 +26,21 @@ class PowerBank(TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint("status IN ('AVAILABLE', 'RENTED', 'MAINTENANCE', 'DAMAGED')", name="status_known"),
         CheckConstraint("battery_level BETWEEN 0 AND 100", name="battery_level_range"),
+        CheckConstraint("condition IN ('HEALTHY', 'FAULT')", name="condition_known"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     serial_number: Mapped[str] = mapped_column(String(64), unique=True)
     model: Mapped[str] = mapped_column(String(64))
     capacity_mah: Mapped[int]
+    # The operator's (and the rentals flow's) decision: AVAILABLE, RENTED, MAINTENANCE, DAMAGED. Device
+    # reports never set MAINTENANCE/DAMAGED; they set ``condition``. Rentable = AVAILABLE and HEALTHY.
     status: Mapped[str] = mapped_column(String(16), default=PowerBankStatus.AVAILABLE.value)
+    condition: Mapped[str] = mapped_column(
+        String(16), default=BankCondition.HEALTHY, server_default="HEALTHY"
+    )
+    condition_code: Mapped[str | None] = mapped_column(String(16), default=None)
+    condition_changed_at: Mapped[datetime | None] = mapped_column(default=None)
     battery_level: Mapped[int] = mapped_column(default=0)
     hardware_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Where the bank physically is (both None while rented out or lost).
@@ -46,3 +62,24 @@ class PowerBankModel(TimestampMixin, Base):
     serial_prefix: Mapped[str] = mapped_column(String(32), unique=True)
     model: Mapped[str] = mapped_column(String(64))
     capacity_mah: Mapped[int]
+
+
+class PowerBankConditionHistory(Base):
+    """One row per change of a bank's device-reported condition (fault set or cleared)."""
+
+    __tablename__ = "power_bank_condition_history"
+    __table_args__ = (Index("ix_power_bank_condition_history_bank_changed", "power_bank_id", "changed_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    power_bank_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("power_banks.id", ondelete="CASCADE"))
+    previous_condition: Mapped[str | None] = mapped_column(String(16), default=None)
+    previous_code: Mapped[str | None] = mapped_column(String(16), default=None)
+    condition: Mapped[str] = mapped_column(String(16))
+    condition_code: Mapped[str | None] = mapped_column(String(16), default=None)
+    station_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("stations.id", ondelete="SET NULL"), default=None
+    )
+    slot_number: Mapped[int | None] = mapped_column(default=None)
+    # What reported it: "full", "slot_event", "returned".
+    source: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -14,8 +14,18 @@ from sqlalchemy import case, func, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from chargeghar_core.kit.db import dialect_name, insert_for_dialect, table_of
-from chargeghar_core.powerbanks.models import PowerBank, PowerBankModel, PowerBankStatus
+from chargeghar_core.kit.db import LIKE_ESCAPE, dialect_name, insert_for_dialect, like_contains, table_of
+from chargeghar_core.powerbanks.models import (
+    BankCondition,
+    PowerBank,
+    PowerBankConditionHistory,
+    PowerBankModel,
+    PowerBankStatus,
+)
+
+# Marker put in a bank's hardware_info while its battery level is unknown (device 0xFF): the stored level
+# is the last known one and is not overwritten.
+BATTERY_UNKNOWN_KEY = "battery_unknown"
 
 # Statuses an operator (or the rentals flow) owns: a device report never overwrites them.
 # Literal SQL values: an expanding IN parameter cannot be part of an executemany statement.
@@ -32,10 +42,26 @@ class BankObservation:
     model: str
     capacity_mah: int
     status: str
-    battery_level: int
+    battery_level: int | None  # None: unknown, the stored level is kept
     hardware_info: dict[str, Any]
     station_id: uuid.UUID | None
     slot_number: int | None
+    condition: str = BankCondition.HEALTHY  # what the device reports (see BankCondition)
+    condition_code: str | None = None
+
+    def stored_info(self) -> dict[str, Any]:
+        """``hardware_info`` as stored: with the unknown-battery marker when the level is unknown."""
+        if self.battery_level is None:
+            return {**self.hardware_info, BATTERY_UNKNOWN_KEY: True}
+        return self.hardware_info
+
+
+@dataclass(frozen=True, slots=True)
+class BankWritten:
+    """A bank after an upsert: its id and the battery level stored (the known one when unknown now)."""
+
+    id: uuid.UUID
+    battery_level: int
 
 
 @lru_cache(maxsize=4)
@@ -44,44 +70,102 @@ def _bank_upsert(dialect: str) -> Any:
     table = table_of(PowerBank)
     statement = insert_for_dialect(dialect, table)
     excluded = statement.excluded
+    condition_changed = or_(
+        table.c.condition.is_distinct_from(excluded.condition),
+        table.c.condition_code.is_distinct_from(excluded.condition_code),
+    )
     return statement.on_conflict_do_update(
         index_elements=[table.c.serial_number],
         set_={
             "status": case((table.c.status.in_(_HELD_STATUSES), table.c.status), else_=excluded.status),
             "battery_level": excluded.battery_level,
             "hardware_info": excluded.hardware_info,
+            "condition": excluded.condition,
+            "condition_code": excluded.condition_code,
+            "condition_changed_at": case(
+                (condition_changed, excluded.last_seen_at), else_=table.c.condition_changed_at
+            ),
             "current_station_id": excluded.current_station_id,
             "current_slot_number": excluded.current_slot_number,
             "last_seen_at": excluded.last_seen_at,
             "modified_at": excluded.last_seen_at,
         },
-    ).returning(table.c.serial_number, table.c.id)
+    ).returning(table.c.serial_number, table.c.id, table.c.battery_level)
 
 
-# PostgreSQL: every bank of a snapshot in one statement whose SQL text never changes (arrays, not one
-# VALUES tuple per row), so it is prepared once per connection and costs almost nothing to send.
-_PG_BANK_UPSERT = text(
-    """
-    INSERT INTO power_banks (id, serial_number, model, capacity_mah, status, battery_level, hardware_info,
-        current_station_id, current_slot_number, total_rentals, charge_cycles, last_seen_at, created_at)
-    SELECT gen_random_uuid(), t.serial, t.model, t.capacity, t.status, t.battery, CAST(t.info AS jsonb),
-        t.station_id, t.slot, 0, 0, CAST(:seen_at AS timestamptz), CAST(:seen_at AS timestamptz)
-    FROM unnest(CAST(:serials AS text[]), CAST(:models AS text[]), CAST(:capacities AS int[]),
-        CAST(:statuses AS text[]), CAST(:batteries AS int[]), CAST(:infos AS text[]),
-        CAST(:station_ids AS uuid[]), CAST(:slots AS int[]))
-        AS t(serial, model, capacity, status, battery, info, station_id, slot)
-    ON CONFLICT (serial_number) DO UPDATE SET
-        status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED') THEN power_banks.status
-                      ELSE excluded.status END,
-        battery_level = excluded.battery_level,
-        hardware_info = excluded.hardware_info,
-        current_station_id = excluded.current_station_id,
-        current_slot_number = excluded.current_slot_number,
-        last_seen_at = excluded.last_seen_at,
-        modified_at = excluded.last_seen_at
-    RETURNING serial_number, id
-    """
-)
+# The PostgreSQL bank upsert, shared with the snapshot statement of ``iot.repository``. ``input`` holds the
+# banks (arrays, so the SQL text never changes and is prepared once per connection); ``prior`` sees the rows
+# as they were before this statement (every CTE reads the same snapshot), so a change of the device-reported
+# condition is written to the history in the same statement. An unknown battery (marker in the info)
+# keeps the stored level; operator-held statuses survive.
+PG_BANK_UPSERT_CTES = """
+    input AS (
+        SELECT * FROM unnest(CAST(:serials AS text[]), CAST(:models AS text[]), CAST(:capacities AS int[]),
+            CAST(:statuses AS text[]), CAST(:batteries AS int[]), CAST(:infos AS text[]),
+            CAST(:station_ids AS uuid[]), CAST(:slots AS int[]), CAST(:conditions AS text[]),
+            CAST(:codes AS text[]))
+            AS t(serial, model, capacity, status, battery, info, station_id, slot, condition, code)
+    ), prior AS (
+        SELECT id, serial_number, condition, condition_code FROM power_banks
+        WHERE serial_number = ANY(CAST(:serials AS text[]))
+    ), banks AS (
+        INSERT INTO power_banks (id, serial_number, model, capacity_mah, status, battery_level, hardware_info,
+            current_station_id, current_slot_number, total_rentals, charge_cycles, last_seen_at, created_at,
+            condition, condition_code, condition_changed_at)
+        SELECT gen_random_uuid(), t.serial, t.model, t.capacity, t.status, COALESCE(t.battery, 0),
+            CAST(t.info AS jsonb), t.station_id, t.slot, 0, 0, CAST(:seen_at AS timestamptz),
+            CAST(:seen_at AS timestamptz), t.condition, t.code, CAST(:seen_at AS timestamptz)
+        FROM input t
+        ON CONFLICT (serial_number) DO UPDATE SET
+            status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED') THEN power_banks.status
+                          ELSE excluded.status END,
+            battery_level = CASE WHEN (excluded.hardware_info ->> 'battery_unknown') IS NOT NULL
+                                 THEN power_banks.battery_level ELSE excluded.battery_level END,
+            hardware_info = excluded.hardware_info,
+            condition = excluded.condition,
+            condition_code = excluded.condition_code,
+            condition_changed_at = CASE
+                WHEN power_banks.condition IS DISTINCT FROM excluded.condition
+                  OR power_banks.condition_code IS DISTINCT FROM excluded.condition_code
+                THEN excluded.last_seen_at ELSE power_banks.condition_changed_at END,
+            current_station_id = excluded.current_station_id,
+            current_slot_number = excluded.current_slot_number,
+            last_seen_at = excluded.last_seen_at,
+            modified_at = excluded.last_seen_at
+        RETURNING serial_number, id, current_slot_number, battery_level
+    ), condition_history AS (
+        INSERT INTO power_bank_condition_history (id, power_bank_id, previous_condition, previous_code,
+            condition, condition_code, station_id, slot_number, source, changed_at)
+        SELECT gen_random_uuid(), b.id, p.condition, p.condition_code, t.condition, t.code, t.station_id,
+            t.slot, :source, CAST(:seen_at AS timestamptz)
+        FROM banks b JOIN input t ON t.serial = b.serial_number
+        LEFT JOIN prior p ON p.serial_number = b.serial_number
+        WHERE (p.id IS NULL AND t.condition <> 'HEALTHY')
+           OR (p.id IS NOT NULL AND (p.condition IS DISTINCT FROM t.condition
+                                     OR p.condition_code IS DISTINCT FROM t.code))
+        RETURNING 1
+    )
+"""
+
+_PG_BANK_UPSERT = text(f"WITH {PG_BANK_UPSERT_CTES} SELECT serial_number, id, battery_level FROM banks")  # noqa: S608
+
+
+def pg_bank_params(banks: Sequence[BankObservation], seen_at: datetime, source: str) -> dict[str, Any]:
+    """The parameters of :data:`PG_BANK_UPSERT_CTES`."""
+    return {
+        "seen_at": seen_at,
+        "source": source,
+        "serials": [bank.serial_number for bank in banks],
+        "models": [bank.model for bank in banks],
+        "capacities": [bank.capacity_mah for bank in banks],
+        "statuses": [bank.status for bank in banks],
+        "batteries": [bank.battery_level for bank in banks],
+        "infos": [json.dumps(bank.stored_info()) for bank in banks],
+        "station_ids": [bank.station_id for bank in banks],
+        "slots": [bank.slot_number for bank in banks],
+        "conditions": [bank.condition for bank in banks],
+        "codes": [bank.condition_code for bank in banks],
+    }
 
 
 class PowerBankRepository:
@@ -95,34 +179,39 @@ class PowerBankRepository:
         return [(prefix, model, capacity) for prefix, model, capacity in rows]
 
     async def upsert_observed(
-        self, banks: Sequence[BankObservation], seen_at: datetime
-    ) -> dict[str, uuid.UUID]:
-        """Insert unknown banks and update known ones in ONE statement; returns serial → id.
+        self, banks: Sequence[BankObservation], seen_at: datetime, *, source: str = "full"
+    ) -> dict[str, BankWritten]:
+        """Insert unknown banks and update known ones in ONE statement; returns serial → written bank.
 
         Model and capacity are only set on insert (an admin may have corrected them); operator-held
         statuses (maintenance, damaged) survive; a bank seen in a slot is not rented any more (closing the
-        rental is the rentals hook's job, run before this).
+        rental is the rentals hook's job, run before this). The device-reported condition follows the
+        report, and each change of it is written to the condition history (``source`` names the event).
         """
         if not banks:
             return {}
         if dialect_name(self.session) == "postgresql":
-            rows = await self.session.execute(
-                _PG_BANK_UPSERT,
-                {
-                    "seen_at": seen_at,
-                    "serials": [bank.serial_number for bank in banks],
-                    "models": [bank.model for bank in banks],
-                    "capacities": [bank.capacity_mah for bank in banks],
-                    "statuses": [bank.status for bank in banks],
-                    "batteries": [bank.battery_level for bank in banks],
-                    "infos": [json.dumps(bank.hardware_info) for bank in banks],
-                    "station_ids": [bank.station_id for bank in banks],
-                    "slots": [bank.slot_number for bank in banks],
-                },
+            rows = await self.session.execute(_PG_BANK_UPSERT, pg_bank_params(banks, seen_at, source))
+            return {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
+        return await self._upsert_observed_portable(banks, seen_at, source)
+
+    async def _upsert_observed_portable(
+        self, banks: Sequence[BankObservation], seen_at: datetime, source: str
+    ) -> dict[str, BankWritten]:
+        # SQLite: the prior conditions and levels read first (the writer is serialised anyway).
+        prior_rows = await self.session.execute(
+            select(
+                PowerBank.serial_number,
+                PowerBank.battery_level,
+                PowerBank.condition,
+                PowerBank.condition_code,
             )
-            return {serial: bank_id for serial, bank_id in rows}
-        # SQLite: a list of parameter sets is sent as ONE multi-row statement ("insertmanyvalues") that,
-        # unlike .values([...]), is compiled once and cached.
+            .where(PowerBank.serial_number.in_([bank.serial_number for bank in banks]))
+            .execution_options(populate_existing=True)
+        )
+        prior = {serial: (battery, condition, code) for serial, battery, condition, code in prior_rows}
+        # A list of parameter sets is sent as ONE multi-row statement ("insertmanyvalues") that, unlike
+        # .values([...]), is compiled once and cached.
         rows = await self.session.execute(
             _bank_upsert("sqlite"),
             [
@@ -132,19 +221,87 @@ class PowerBankRepository:
                     "model": bank.model,
                     "capacity_mah": bank.capacity_mah,
                     "status": bank.status,
-                    "battery_level": bank.battery_level,
-                    "hardware_info": bank.hardware_info,
+                    "battery_level": _known_level(bank, prior.get(bank.serial_number)),
+                    "hardware_info": bank.stored_info(),
                     "current_station_id": bank.station_id,
                     "current_slot_number": bank.slot_number,
                     "total_rentals": 0,
                     "charge_cycles": 0,
                     "last_seen_at": seen_at,
                     "created_at": seen_at,
+                    "condition": bank.condition,
+                    "condition_code": bank.condition_code,
+                    "condition_changed_at": seen_at,
                 }
                 for bank in banks
             ],
         )
-        return {serial: bank_id for serial, bank_id in rows}
+        written = {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
+        for bank in banks:
+            before = prior.get(bank.serial_number)
+            changed = (
+                before[1:] != (bank.condition, bank.condition_code)
+                if before is not None
+                else bank.condition != BankCondition.HEALTHY
+            )
+            if changed and bank.serial_number in written:
+                self.session.add(
+                    PowerBankConditionHistory(
+                        id=uuid.uuid4(),
+                        power_bank_id=written[bank.serial_number].id,
+                        previous_condition=before[1] if before else None,
+                        previous_code=before[2] if before else None,
+                        condition=bank.condition,
+                        condition_code=bank.condition_code,
+                        station_id=bank.station_id,
+                        slot_number=bank.slot_number,
+                        source=source,
+                        changed_at=seen_at,
+                    )
+                )
+        return written
+
+    async def record_condition(
+        self,
+        bank: PowerBank,
+        condition: str,
+        code: str | None,
+        *,
+        station_id: uuid.UUID | None,
+        slot_number: int | None,
+        source: str,
+        at: datetime,
+    ) -> bool:
+        """Set a loaded bank's device-reported condition; a change is written to the history. True when
+        it changed."""
+        if (bank.condition, bank.condition_code) == (condition, code):
+            return False
+        self.session.add(
+            PowerBankConditionHistory(
+                id=uuid.uuid4(),
+                power_bank_id=bank.id,
+                previous_condition=bank.condition,
+                previous_code=bank.condition_code,
+                condition=condition,
+                condition_code=code,
+                station_id=station_id,
+                slot_number=slot_number,
+                source=source,
+                changed_at=at,
+            )
+        )
+        bank.condition = condition
+        bank.condition_code = code
+        bank.condition_changed_at = at
+        return True
+
+    async def condition_history(self, bank_id: uuid.UUID) -> list[PowerBankConditionHistory]:
+        rows = await self.session.execute(
+            select(PowerBankConditionHistory)
+            .where(PowerBankConditionHistory.power_bank_id == bank_id)
+            .order_by(PowerBankConditionHistory.changed_at, PowerBankConditionHistory.id)
+        )
+        return list(rows.scalars())
 
     async def list_models(self) -> list[PowerBankModel]:
         rows = await self.session.execute(select(PowerBankModel).order_by(PowerBankModel.serial_prefix))
@@ -178,13 +335,20 @@ class PowerBankRepository:
         if station_id:
             query = query.where(PowerBank.current_station_id == station_id)
         if search:
-            pattern = f"%{search.lower()}%"
+            pattern = like_contains(search)
             query = query.where(
                 or_(
-                    func.lower(PowerBank.serial_number).like(pattern),
-                    func.lower(PowerBank.model).like(pattern),
+                    func.lower(PowerBank.serial_number).like(pattern, escape=LIKE_ESCAPE),
+                    func.lower(PowerBank.model).like(pattern, escape=LIKE_ESCAPE),
                 )
             )
         total = await self.session.scalar(select(func.count()).select_from(query.subquery()))
         rows = await self.session.execute(query.order_by(PowerBank.serial_number).limit(limit).offset(offset))
         return list(rows.scalars()), int(total or 0)
+
+
+def _known_level(bank: BankObservation, before: tuple[int, str, str | None] | None) -> int:
+    """The level to store: the reported one, else (unknown) the stored one, else 0 for a new bank."""
+    if bank.battery_level is not None:
+        return bank.battery_level
+    return before[0] if before is not None else 0

@@ -35,7 +35,20 @@ class RentalEventHooks:
         self, session: AsyncSession, context: ReturnContext
     ) -> RentalReturnOutcome | None:
         place = ReturnPlace(context.station_id, context.slot_number, context.battery_level)
-        rental = await self._service(session).complete_return(
+        service = self._service(session)
+        if not context.corroborated:
+            claimed = await service.claim_return(context.power_bank_id, context.returned_at, place)
+            if claimed is None:
+                return None
+            return RentalReturnOutcome(
+                rental_id=str(claimed.id),
+                rental_code=claimed.code,
+                rental_status=claimed.status,
+                returned_on_time=False,
+                amount_due=rupees(claimed.amount_due_paisa),
+                claimed_only=True,
+            )
+        rental = await service.complete_return(
             context.power_bank_id, context.returned_at, place, reason="returned"
         )
         if rental is None:

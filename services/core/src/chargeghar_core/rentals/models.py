@@ -95,6 +95,13 @@ class Rental(TimestampMixin, Base):
         ForeignKey("stations.id", ondelete="SET NULL"), default=None
     )
     return_slot_number: Mapped[int | None] = mapped_column(default=None)
+    # A return reported only over device HTTP (unkeyed sign, forgeable): a claim, not a return. The rental
+    # stays out until a 0x40 over MQTT, a `check` or a snapshot corroborates it (see complete_return).
+    return_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    return_claim_station_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("stations.id", ondelete="SET NULL"), default=None
+    )
+    return_claim_slot_number: Mapped[int | None] = mapped_column(default=None)
     returned_on_time: Mapped[bool | None] = mapped_column(default=None)
     battery_at_start: Mapped[int | None] = mapped_column(default=None)
     battery_at_return: Mapped[int | None] = mapped_column(default=None)

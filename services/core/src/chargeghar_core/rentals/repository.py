@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.kit.db import dialect_name, table_of, utcnow
 from chargeghar_core.payments.repository import serialise_sqlite_writers
-from chargeghar_core.powerbanks.models import PowerBank
+from chargeghar_core.powerbanks.models import BankCondition, PowerBank
 from chargeghar_core.rentals.models import (
     OPEN_STATUSES,
     Rental,
@@ -192,6 +192,7 @@ class RentalRepository:
                 StationSlot.station_id == station_id,
                 StationSlot.status == SlotStatus.OCCUPIED.value,
                 PowerBank.status == PowerBankStatus.AVAILABLE.value,
+                PowerBank.condition == BankCondition.HEALTHY,  # the device reports no fault
                 PowerBank.battery_level >= min_battery,
                 ~has_open_rental,
             )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -76,7 +76,40 @@ RENTAL_EXAMPLE: dict[str, Any] = {
     "amount_due_paisa": 0,
     "accrued_late_fee_paisa": 0,
     "end_reason": None,
+    "return_claim": None,
 }
+
+# How long a return reported only over device HTTP is shown as "claimed" without corroboration; after it,
+# "expired" (operators: the cabinet never confirmed it; a snapshot or 0x40 can still end the rental).
+RETURN_CLAIM_TTL = timedelta(hours=1)
+
+
+class ReturnClaimOut(BaseModel):
+    """A return reported only over device HTTP, not (yet) corroborated by MQTT, a `check` or a snapshot."""
+
+    claimed_at: datetime
+    station_id: uuid.UUID | None
+    slot_number: int | None
+    expires_at: datetime
+    state: Literal["claimed", "expired", "confirmed"]
+
+    @classmethod
+    def of(cls, rental: Rental, now: datetime) -> ReturnClaimOut | None:
+        if rental.return_claimed_at is None:
+            return None
+        expires_at = rental.return_claimed_at + RETURN_CLAIM_TTL
+        state: Literal["claimed", "expired", "confirmed"]
+        if rental.status not in OUT_STATUSES:
+            state = "confirmed"
+        else:
+            state = "claimed" if now < expires_at else "expired"
+        return cls(
+            claimed_at=rental.return_claimed_at,
+            station_id=rental.return_claim_station_id,
+            slot_number=rental.return_claim_slot_number,
+            expires_at=expires_at,
+            state=state,
+        )
 
 
 class RentalOut(BaseModel):
@@ -109,12 +142,15 @@ class RentalOut(BaseModel):
     # For a rental still out: what the late fee would be if it came back now (computed, not charged).
     accrued_late_fee_paisa: int
     end_reason: str | None
+    # A return the device reported only over HTTP (a claim, see ReturnClaimOut); null when none.
+    return_claim: ReturnClaimOut | None = None
 
     @classmethod
     def of(cls, rental: Rental, now: datetime | None = None) -> RentalOut:
         accrued = 0
+        now = now or utcnow()
         if rental.status in OUT_STATUSES:
-            accrued = charges_at(rental, now or utcnow()).late_fee
+            accrued = charges_at(rental, now).late_fee
         return cls(
             id=rental.id,
             code=rental.code,
@@ -144,6 +180,7 @@ class RentalOut(BaseModel):
             amount_due_paisa=rental.amount_due_paisa,
             accrued_late_fee_paisa=accrued,
             end_reason=rental.end_reason,
+            return_claim=ReturnClaimOut.of(rental, now),
         )
 
 

@@ -19,6 +19,8 @@ from chargeghar_protocol.contract import StationStatus
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.kit.db import utcnow
+from chargeghar_core.notifications.events import rental_event
+from chargeghar_core.notifications.templates import Event
 from chargeghar_core.payments.models import LedgerKind
 from chargeghar_core.payments.repository import serialise_sqlite_writers
 from chargeghar_core.payments.wallet import InsufficientFunds, WalletService
@@ -338,6 +340,7 @@ class RentalService:
         if moved:
             await self.rentals.take_out_of_slot(rental.power_bank_id)
             logger.info("rental_active", rental_id=str(rental.id), reason=reason)
+            await rental_event(self.session, Event.RENTAL_STARTED, rental.id)
         return moved
 
     async def _cancel_pending(self, rental: Rental, now: datetime, *, reason: str) -> bool:
@@ -355,6 +358,7 @@ class RentalService:
             await self.rentals.release_bank(rental.power_bank_id)
             await self._refund_all(rental, reason)
             logger.info("rental_cancelled", rental_id=str(rental.id), reason=reason)
+            await rental_event(self.session, Event.EJECT_FAILED, rental.id)
         return moved
 
     async def _refund_all(self, rental: Rental, reason: str) -> None:
@@ -391,6 +395,30 @@ class RentalService:
         ended_at = max(returned_at, rental.started_at or rental.popup_requested_at)
         return await self._finish(rental, ended_at, place, reason=reason)
 
+    async def claim_return(
+        self, bank_id: uuid.UUID, claimed_at: datetime, place: ReturnPlace
+    ) -> Rental | None:
+        """A return reported only over device HTTP: recorded on the bank's open rental as a claim (the
+        rental stays out, the charge runs on). A 0x40 over MQTT, a `check` or a snapshot showing the bank at
+        the claimed station completes it (see :meth:`complete_return`, :meth:`reconcile_snapshot`); an
+        unconfirmed claim expires after ``return_claim_ttl_s``. None when the bank has no open rental."""
+        rental = await self.rentals.open_for_bank(bank_id, lock=True)
+        if rental is None or rental.status not in OUT_STATUSES:
+            return None
+        if claimed_at < rental.popup_requested_at - RETURN_CLOCK_SKEW:
+            return None
+        rental.return_claimed_at = claimed_at
+        rental.return_claim_station_id = place.station_id
+        rental.return_claim_slot_number = place.slot_number
+        await self.session.flush()
+        logger.warning(
+            "rental_return_claimed",
+            rental_id=str(rental.id),
+            station_id=str(place.station_id),
+            slot_number=place.slot_number,
+        )
+        return rental
+
     async def reconcile_snapshot(
         self, station_id: uuid.UUID, serials: Sequence[str], observed_at: datetime
     ) -> int:
@@ -408,7 +436,18 @@ class RentalService:
             if rental.started_at is None or observed_at <= rental.started_at:
                 continue
             place = ReturnPlace(station_id, None, None)
-            if await self._finish(rental, observed_at, place, reason="snapshot_reconciled") is not None:
+            ended_at = observed_at
+            claimed_at = rental.return_claimed_at
+            if (
+                claimed_at is not None
+                and rental.return_claim_station_id == station_id
+                and rental.started_at <= claimed_at <= observed_at
+            ):
+                # The snapshot corroborates the HTTP claim: the bank is where the claim said, so the claim's
+                # time is the return time.
+                ended_at = claimed_at
+                place = ReturnPlace(station_id, rental.return_claim_slot_number, None)
+            if await self._finish(rental, ended_at, place, reason="snapshot_reconciled") is not None:
                 closed += 1
         return closed
 
@@ -449,6 +488,7 @@ class RentalService:
         logger.info(
             "rental_completed", rental_id=str(rental.id), reason=reason, late_minutes=charges.late_minutes
         )
+        await rental_event(self.session, Event.RENTAL_RETURNED, rental.id)
         return await self._reloaded(rental)
 
     async def _close_free(
@@ -470,6 +510,7 @@ class RentalService:
         if not moved:
             return None
         await self._refund_all(rental, reason)
+        await rental_event(self.session, Event.REFUND_ISSUED, rental.id)
         return await self._reloaded(rental)
 
     async def _collect(self, rental: Rental, charges: Charges) -> None:

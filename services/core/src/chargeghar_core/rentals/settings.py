@@ -43,12 +43,24 @@ class RentalSettings(BaseSettings):
     jobs_enabled: bool = True
 
 
+# eSewa's published UAT secret key (developer.esewa.com.np, "Epay-V2"): fine for its sandbox, refused in
+# production, like the sandbox hosts of both providers.
+ESEWA_UAT_SECRET = "8gBm/:&EnhH.1/q"  # noqa: S105 - public UAT key, refused in production
+SANDBOX_HOSTS = (
+    "rc-epay.esewa.com.np",
+    "rc.esewa.com.np",
+    "uat.esewa.com.np",
+    "dev.khalti.com",
+    "a.khalti.com",
+)
+
+
 class PaymentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CORE_PAYMENTS__", env_file=".env", extra="ignore")
 
     environment: Environment = Field(default="development", validation_alias="CORE_ENVIRONMENT")
     currency: str = Field(default="NPR", min_length=3, max_length=3)
-    default_provider: Literal["sandbox", "razorpay"] = "sandbox"
+    default_provider: Literal["sandbox", "razorpay", "esewa", "khalti"] = "sandbox"
     sandbox_enabled: bool = True
     sandbox_secret: SecretStr = SecretStr("sandbox-secret")
     min_topup_paisa: int = Field(default=1000, ge=1)
@@ -59,6 +71,29 @@ class PaymentSettings(BaseSettings):
     razorpay_webhook_secret: SecretStr = SecretStr("")
     razorpay_currency: str = "INR"
     razorpay_timeout_s: float = Field(default=10.0, gt=0)
+    # Nepal wallets (see docs/operations.md "Payments"). Defaults are the providers' documented sandboxes.
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000", description="Core's public URL: eSewa/Khalti send renters back here"
+    )
+    esewa_enabled: bool = False
+    esewa_form_url: str = "https://rc-epay.esewa.com.np/api/epay/main/v2/form"
+    esewa_status_url: str = "https://rc.esewa.com.np/api/epay/transaction/status/"
+    esewa_product_code: str = Field(default="EPAYTEST", min_length=1, max_length=64)
+    esewa_secret_key: SecretStr = SecretStr(ESEWA_UAT_SECRET)
+    khalti_enabled: bool = False
+    khalti_base_url: str = "https://dev.khalti.com/api/v2"
+    khalti_secret_key: SecretStr = SecretStr("")
+    provider_timeout_s: float = Field(default=10.0, gt=0, le=60, description="Per call to eSewa/Khalti")
+    provider_retries: int = Field(default=2, ge=0, le=5, description="Extra attempts of idempotent calls")
+    topup_recheck_after_s: float = Field(
+        default=120.0, gt=0, description="The job looks up top-ups still pending after this long"
+    )
+    topup_expire_after_s: float = Field(
+        default=3900.0, gt=0, description="A top-up the provider never completed expires after this long"
+    )
+    payment_job_interval_s: float = Field(default=60.0, gt=0)
+    payment_job_batch_size: int = Field(default=50, ge=1, le=1000)
+    payment_jobs_enabled: bool = True
 
     @model_validator(mode="after")
     def _refuse_sandbox_and_placeholders_in_production(self) -> PaymentSettings:
@@ -77,4 +112,24 @@ class PaymentSettings(BaseSettings):
                     or len(value) < MIN_PRODUCTION_SECRET_LENGTH // 2
                 ):
                     raise ValueError(f"{name} must be set in production")
+        if self.esewa_enabled:
+            for url in (self.esewa_form_url, self.esewa_status_url):
+                if any(host in url for host in SANDBOX_HOSTS):
+                    raise ValueError("CORE_PAYMENTS__ESEWA_* URLs must be eSewa's production URLs")
+            key = self.esewa_secret_key.get_secret_value()
+            if self.esewa_product_code == "EPAYTEST" or key == ESEWA_UAT_SECRET or _placeholder(key):
+                raise ValueError(
+                    "CORE_PAYMENTS__ESEWA_PRODUCT_CODE and _SECRET_KEY must be set for production"
+                )
+        if self.khalti_enabled:
+            if any(host in self.khalti_base_url for host in SANDBOX_HOSTS):
+                raise ValueError("CORE_PAYMENTS__KHALTI_BASE_URL must be Khalti's production URL")
+            if _placeholder(self.khalti_secret_key.get_secret_value()):
+                raise ValueError("CORE_PAYMENTS__KHALTI_SECRET_KEY must be set in production")
+        if (self.esewa_enabled or self.khalti_enabled) and not self.public_base_url.startswith("https://"):
+            raise ValueError("CORE_PAYMENTS__PUBLIC_BASE_URL must be an https URL in production")
         return self
+
+
+def _placeholder(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_PRODUCTION_SECRET_LENGTH // 2

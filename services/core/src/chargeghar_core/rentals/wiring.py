@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from chargeghar_core.payments.endpoints import admin_router as payments_admin_router
 from chargeghar_core.payments.endpoints import router as payments_router
+from chargeghar_core.payments.jobs import PaymentJobs
 from chargeghar_core.payments.providers import PaymentProviders, build_providers
 from chargeghar_core.pricing.endpoints import admin_router as pricing_admin_router
 from chargeghar_core.pricing.endpoints import router as pricing_router
@@ -107,9 +108,17 @@ def _wrap_lifespan(app: FastAPI, runtime: RentalRuntime) -> None:
             jobs_task: asyncio.Task[None] | None = None
             if settings.jobs_enabled:
                 jobs_task = asyncio.create_task(RentalJobs(runtime).run_forever(), name="rental-jobs")
+            payment_jobs_task: asyncio.Task[None] | None = None
+            if settings.jobs_enabled and runtime.payment_settings.payment_jobs_enabled:
+                payment_jobs = PaymentJobs(
+                    runtime.sessions(), app.state.payment_providers, runtime.payment_settings
+                )
+                payment_jobs_task = asyncio.create_task(payment_jobs.run_forever(), name="payment-jobs")
             try:
                 yield state
             finally:
+                if payment_jobs_task is not None:
+                    await stop(payment_jobs_task)
                 if jobs_task is not None:
                     await stop(jobs_task)
                 await runtime.drain(DRAIN_TIMEOUT_S)

@@ -97,6 +97,23 @@ class StationStatusHistory(Base):
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Seconds spent in previous_status (None for the first status a station ever had).
     previous_duration_s: Mapped[float | None] = mapped_column(default=None)
+    # Which presence channel changed ("mqtt", "http"), for status events that name one.
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+
+
+class DeviceFaultCounter(Base):
+    """Device-reported failures counted per station, source and code (failed returns, failed slot events),
+    so a fleet-wide fault shows up as one growing number rather than scattered log lines."""
+
+    __tablename__ = "device_fault_counters"
+    __table_args__ = (UniqueConstraint("station_id", "source", "code"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    station_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(32))  # "return_failed", "slot_event"
+    code: Mapped[str] = mapped_column(String(16))  # "0x24"
+    count: Mapped[int] = mapped_column(default=0)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SyncLog(Base):

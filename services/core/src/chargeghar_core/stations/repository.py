@@ -14,9 +14,18 @@ from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text, u
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from chargeghar_core.kit.db import dialect_name, insert_for, insert_for_dialect, table_of, utcnow
-from chargeghar_core.powerbanks.models import PowerBank
+from chargeghar_core.kit.db import (
+    LIKE_ESCAPE,
+    dialect_name,
+    insert_for,
+    insert_for_dialect,
+    like_contains,
+    table_of,
+    utcnow,
+)
+from chargeghar_core.powerbanks.models import BankCondition, PowerBank
 from chargeghar_core.stations.models import (
+    DeviceFaultCounter,
     SlotStatus,
     Station,
     StationSlot,
@@ -233,6 +242,41 @@ class StationRepository:
             ],
         )
 
+    async def delete_slots_outside(
+        self, station_id: uuid.UUID, total_slots: int, listed: Sequence[int]
+    ) -> None:
+        """A full snapshot is the authority on which slots exist: a slot outside its layout (1..total_slots)
+        that it does not list goes (a phantom from a stray slot event)."""
+        table = table_of(StationSlot)
+        await self.session.execute(
+            delete(table).where(
+                table.c.station_id == station_id,
+                or_(table.c.slot_number > total_slots, table.c.slot_number < 1),
+                table.c.slot_number.not_in(list(listed)),
+            )
+        )
+
+    async def count_fault(self, station_id: uuid.UUID, source: str, code: str, at: datetime) -> None:
+        """One more device-reported failure of ``code`` (``source``: the event type) at this station."""
+        table = table_of(DeviceFaultCounter)
+        statement = insert_for_dialect(dialect_name(self.session), table).values(
+            id=uuid.uuid4(), station_id=station_id, source=source, code=code, count=1, last_seen_at=at
+        )
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.station_id, table.c.source, table.c.code],
+                set_={"count": table.c.count + 1, "last_seen_at": statement.excluded.last_seen_at},
+            )
+        )
+
+    async def fault_counts(self, station_id: uuid.UUID) -> dict[tuple[str, str], int]:
+        rows = await self.session.execute(
+            select(DeviceFaultCounter.source, DeviceFaultCounter.code, DeviceFaultCounter.count).where(
+                DeviceFaultCounter.station_id == station_id
+            )
+        )
+        return {(source, code): count for source, code, count in rows}
+
     async def delete_slots_above(self, station_id: uuid.UUID, highest_slot: int) -> None:
         """The cabinet shrank (or was mis-reported before): slots beyond its size no longer exist."""
         table = table_of(StationSlot)
@@ -298,13 +342,13 @@ class StationRepository:
         if status:
             query = query.where(Station.status == status)
         if search:
-            pattern = f"%{search.lower()}%"
+            pattern = like_contains(search)
             query = query.where(
                 or_(
-                    func.lower(Station.name).like(pattern),
-                    func.lower(Station.address).like(pattern),
-                    func.lower(Station.landmark).like(pattern),
-                    func.lower(Station.serial_number).like(pattern),
+                    func.lower(Station.name).like(pattern, escape=LIKE_ESCAPE),
+                    func.lower(Station.address).like(pattern, escape=LIKE_ESCAPE),
+                    func.lower(Station.landmark).like(pattern, escape=LIKE_ESCAPE),
+                    func.lower(Station.serial_number).like(pattern, escape=LIKE_ESCAPE),
                 )
             )
         if bounding_box is not None:
@@ -326,6 +370,7 @@ class StationRepository:
                 StationSlot.station_id.in_(list(station_ids)),
                 StationSlot.status == SlotStatus.OCCUPIED.value,
                 PowerBank.status == "AVAILABLE",
+                PowerBank.condition == BankCondition.HEALTHY,
                 PowerBank.battery_level >= RENTABLE_MIN_BATTERY,
             )
             .group_by(StationSlot.station_id)

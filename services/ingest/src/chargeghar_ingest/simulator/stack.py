@@ -328,6 +328,8 @@ class LocalStack:
             "INGEST_CORE__PASSWORD": config.service_password,
             "INGEST_CORE__HMAC_SECRET": config.hmac_secret,
             "INGEST_SPOOL__PATH": str(config.spool_path),
+            # Simulated cabinets get credentials at once and are approved in core's device registry.
+            "INGEST_DEVICE__PROVISIONING": "open",
             **config.ingest_env,
         }
 
