@@ -25,19 +25,23 @@ from chargeghar_protocol.codec import (
     ReturnReport,
     SlotStateReport,
     WifiScanList,
-    decode_frame,
 )
 from chargeghar_protocol.events import (
     is_successful_return,
     return_to_failed_event,
     return_to_returned_event,
     slot_report_to_slot_event,
-    snapshot_to_full_event,
 )
 
 from chargeghar_ingest.commands import CommandService
 from chargeghar_ingest.metrics import Metrics
-from chargeghar_ingest.pipeline import EventRecorder, plausible_station_id, utc_now
+from chargeghar_ingest.pipeline import (
+    EventRecorder,
+    decode_device_frame,
+    plausible_station_id,
+    snapshot_event,
+    utc_now,
+)
 from chargeghar_ingest.spool import Spool
 from chargeghar_ingest.transport import InboundMessage
 
@@ -102,9 +106,7 @@ class DeviceMessageRouter:
             return
         with structlog.contextvars.bound_contextvars(station_id=topic.station, topic=message.topic):
             try:
-                frame = decode_frame(message.payload)
-                if not frame.checksum_valid and not self._accept_bad_checksum:
-                    raise FrameError("checksum mismatch", offset=len(message.payload) - 1)
+                frame = decode_device_frame(message.payload, accept_bad_checksum=self._accept_bad_checksum)
             except FrameError as exc:
                 # Garbled, but the station did talk to us.
                 await self._recorder.seen(topic.station, observed_at=received_at)
@@ -124,9 +126,7 @@ class DeviceMessageRouter:
                 return
             await self._recorder.seen(station, observed_at=received_at)
             if isinstance(frame, CabinetSnapshot):
-                event = snapshot_to_full_event(frame, imei=station, signal=None, received_at=received_at)
-                # MQTT carries no signal; "0" would overwrite the real one the heartbeat reported.
-                event.device.signal_strength = None
+                event = snapshot_event(frame, station=station, received_at=received_at, channel="mqtt")
                 await self._recorder.record(event, station=station)
                 await self._commands.offer_reply(station, frame, received_at=received_at)
             elif isinstance(frame, ReturnReport):

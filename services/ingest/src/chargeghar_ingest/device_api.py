@@ -27,9 +27,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
-from chargeghar_protocol.codec import CabinetSnapshot, FrameError, decode_frame
+from chargeghar_protocol.codec import CabinetSnapshot, FrameError
 from chargeghar_protocol.contract import DeviceEnvelope, DeviceInfo, ReturnedEvent, ReturnEventInfo
-from chargeghar_protocol.events import snapshot_to_full_event
 from chargeghar_protocol.signing import device_sign_string, verify_device_sign
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
@@ -37,7 +36,13 @@ from pydantic import BaseModel
 from chargeghar_ingest.credentials import check_credentials, derive_credentials
 from chargeghar_ingest.logs import hex_prefix
 from chargeghar_ingest.openapi import DEVICE_ERRORS
-from chargeghar_ingest.pipeline import clean_device_text, plausible_station_id, utc_now
+from chargeghar_ingest.pipeline import (
+    clean_device_text,
+    decode_device_frame,
+    plausible_station_id,
+    snapshot_event,
+    utc_now,
+)
 from chargeghar_ingest.runtime import IngestRuntime
 
 log = structlog.get_logger(__name__)
@@ -381,7 +386,11 @@ class BrokerAuthRequest(BaseModel):
     password: str = ""
 
 
-@router.post("/api/emqx/auth", summary="EMQX HTTP authentication of an MQTT login")
+@router.post(
+    "/api/emqx/auth",
+    summary="EMQX HTTP authentication of an MQTT login",
+    responses={400: {"description": "The body cannot be read (not UTF-8 JSON)"}},
+)
 async def broker_auth(request: Request, body: BrokerAuthRequest) -> dict[str, str]:
     """EMQX HTTP authentication: allow a station that presents its derived credentials, and the ingest
     itself with its own ``INGEST_MQTT__USERNAME`` / ``INGEST_MQTT__PASSWORD``.
@@ -439,7 +448,11 @@ def device_may(topic: str, action: str, imei: str, prefix: str) -> bool:
     return False
 
 
-@router.post("/api/emqx/acl", summary="EMQX HTTP authorization of a publish or subscribe")
+@router.post(
+    "/api/emqx/acl",
+    summary="EMQX HTTP authorization of a publish or subscribe",
+    responses={400: {"description": "The body cannot be read (not UTF-8 JSON)"}},
+)
 async def broker_acl(request: Request, body: BrokerAclRequest) -> dict[str, str]:
     """EMQX HTTP authorization: a station (``device_<imei>``, client id = IMEI) may publish only to its own
     ``/powerbank/<imei>/user/update`` and ``/user/heart`` and subscribe only to its own ``/user/get``; the
@@ -540,15 +553,14 @@ async def upload(request: Request) -> Response:
         vol = {"rentboxSN": call.params["rentboxSN"], "signal": call.params.get("signal", "0")}
         await check_sign(runtime, call, [vol, {**sent, "signal": call.params.get("signal", "0")}])
         try:
-            frame = decode_frame(call.body)
+            accept_bad_checksum = runtime.settings.device.accept_bad_checksum
+            frame = decode_device_frame(call.body, accept_bad_checksum=accept_bad_checksum)
         except FrameError as exc:
             raise DeviceRequestError(400, "bad_frame", f"bad frame: {exc}") from exc
         except Exception as exc:
             # A decoder defect: refuse like a bad frame (the raw body is kept) rather than a bare 500.
             log.exception("device.decoder_failed", body_hex=hex_prefix(call.body))
             raise DeviceRequestError(400, "decoder_error", "frame could not be decoded") from exc
-        if not frame.checksum_valid and not runtime.settings.device.accept_bad_checksum:
-            raise DeviceRequestError(400, "bad_frame", "bad frame: checksum mismatch")
         if not isinstance(frame, CabinetSnapshot):
             raise DeviceRequestError(400, "bad_frame", f"expected a 0x10 frame, got 0x{frame.cmd:02X}")
     except DeviceRequestError as error:
@@ -560,15 +572,14 @@ async def upload(request: Request) -> Response:
             log.warning(
                 "device.upload_unconsumed_bytes", count=frame.unconsumed_bytes, body_hex=hex_prefix(call.body)
             )
-        event = snapshot_to_full_event(
+        event = snapshot_event(
             frame,
-            imei=station,
+            station=station,
+            received_at=received_at,
+            channel="http",  # the station's status is left to presence (see snapshot_event)
             signal=informational(runtime, call, "signal"),
             wifi_ssid=informational(runtime, call, "ssid"),
-            received_at=received_at,
         )
-        # HTTP life says nothing about the MQTT link commands need: the station's status is left to presence.
-        event.device.status = None
         extra = extra_params(call, UPLOAD_KNOWN)
         if extra and event.device.hardware_info is not None:
             event.device.hardware_info = event.device.hardware_info.model_copy(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from chargeghar_protocol.codec import CabinetSnapshot, Frame, FrameError, decode_frame
 from chargeghar_protocol.contract import (
     CommandAuditEvent,
     CommandResultEvent,
@@ -33,6 +34,7 @@ from chargeghar_protocol.contract import (
     StatusDeviceInfo,
     StatusEvent,
 )
+from chargeghar_protocol.events import snapshot_to_full_event
 from redis.exceptions import RedisError
 
 from chargeghar_ingest.metrics import Metrics
@@ -110,6 +112,38 @@ def without_control_chars(body_json: str) -> str | None:
     if stripped == parsed:
         return None
     return json.dumps(stripped, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_device_frame(payload: bytes, *, accept_bad_checksum: bool) -> Frame:
+    """A device frame as both roads (device HTTP, MQTT) read it: decoded, and a checksum mismatch refused
+    (:class:`FrameError`) unless the policy accepts it (``device.accept_bad_checksum``)."""
+    frame = decode_frame(payload)
+    if not frame.checksum_valid and not accept_bad_checksum:
+        raise FrameError("checksum mismatch", offset=len(payload) - 1)
+    return frame
+
+
+def snapshot_event(
+    frame: CabinetSnapshot,
+    *,
+    station: str,
+    received_at: datetime,
+    channel: Channel,
+    signal: str | None = None,
+    wifi_ssid: str | None = None,
+) -> FullEvent:
+    """The ``full`` event of a 0x10 snapshot, the same whichever road it came by, except what the road
+    itself says: an MQTT snapshot carries no signal (a "0" would overwrite the heartbeat's real one) and
+    proves the MQTT link alive (ONLINE); an HTTP upload has the station's ``signal``/``ssid`` parameters and
+    says nothing about the MQTT link commands need, so it leaves the station's status to presence."""
+    event = snapshot_to_full_event(
+        frame, imei=station, signal=signal, wifi_ssid=wifi_ssid, received_at=received_at
+    )
+    if channel == "mqtt":
+        event.device.signal_strength = None
+    else:
+        event.device.status = None
+    return event
 
 
 class _RandomIds:
