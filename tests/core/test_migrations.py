@@ -25,6 +25,7 @@ CORE_TABLES = {
     "sync_logs",
     "processed_events",
     "devices",
+    "staff_audit_log",
 }
 
 

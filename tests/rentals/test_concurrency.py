@@ -122,7 +122,9 @@ async def test_a_station_busy_for_longer_than_the_retry_window_cancels_and_refun
         first, second = [await add_renter(committed_session, balance_paisa=5000) for _ in range(2)]
 
         slow = asyncio.create_task(client.start(first, station_id=station_id, package_id=package))
-        await asyncio.sleep(0.5)  # the first eject now holds the station's single command slot
+        # Once the fake ingest has the first eject, it holds the station's single command slot (for 2 s).
+        while not fake_ingest.commands_for(imei, "popup_sn") and not slow.done():
+            await asyncio.sleep(0.01)
         refused = await client.start(second, station_id=station_id, package_id=package)
         served = await slow
 

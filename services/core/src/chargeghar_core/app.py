@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from chargeghar_core import health
+from chargeghar_core.audit.endpoints import router as audit_router
 from chargeghar_core.auth.endpoints import router as auth_router
 from chargeghar_core.auth.throttling import login_throttle
 from chargeghar_core.auth.tokens import TokenService
@@ -28,6 +29,7 @@ from chargeghar_core.kit.db import create_engine, create_sessionmaker
 from chargeghar_core.kit.errors import install_error_handlers
 from chargeghar_core.kit.guard import RequestGuardMiddleware
 from chargeghar_core.kit.logging import CorrelationIdMiddleware, configure_logging
+from chargeghar_core.kit.metrics import RequestMetricsMiddleware
 from chargeghar_core.kit.migrate import ensure_sqlite_directory, upgrade_database
 from chargeghar_core.kit.openapi import install_openapi, serve_docs_locally
 from chargeghar_core.kit.ratelimit import (
@@ -37,9 +39,12 @@ from chargeghar_core.kit.ratelimit import (
     RedisRateLimiter,
 )
 from chargeghar_core.notifications.runtime import start_notifications, stop_notifications
+from chargeghar_core.operations.endpoints import router as operations_router
 from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
 from chargeghar_core.powerbanks.service import ModelCatalog
 from chargeghar_core.rentals.wiring import install_rentals
+from chargeghar_core.reports.endpoints import router as reports_router
+from chargeghar_core.reports.metrics import router as metrics_router
 from chargeghar_core.settings import Settings, get_settings
 from chargeghar_core.stations.endpoints import admin_router as stations_admin_router
 from chargeghar_core.stations.endpoints import router as stations_router
@@ -76,6 +81,10 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
         "name": "admin: devices",
         "description": "The station registry: which IMEIs get MQTT credentials (register, approve, revoke).",
     },
+    {
+        "name": "admin: operations",
+        "description": "Fleet dashboard, staff device commands, the staff audit log (staff; viewers read).",
+    },
     {"name": "renters", "description": "Renter sign-up, login and profile."},
     {"name": "renters admin", "description": "Renter accounts (staff)."},
     {"name": "pricing", "description": "Rental packages on offer."},
@@ -84,6 +93,10 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
     {"name": "payments admin", "description": "Manual wallet adjustments (staff)."},
     {"name": "rentals", "description": "Start, extend, cancel and look up rentals (renter)."},
     {"name": "rentals admin", "description": "All rentals; ending one by hand (staff)."},
+    {
+        "name": "admin: reports",
+        "description": "Transactions, the revenue report, the fleet sync log, parked events (staff).",
+    },
 ]
 
 
@@ -177,7 +190,10 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
         max_body_bytes=settings.max_body_bytes,
     )
     app.add_middleware(CorrelationIdMiddleware)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: times every answer, by route template
     app.include_router(health.router)
+    app.include_router(metrics_router)
+    app.include_router(reports_router)
     app.include_router(auth_router)
     app.include_router(iot_router)
     app.include_router(stations_router)
@@ -185,6 +201,8 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.include_router(powerbanks_router)
     app.include_router(devices_admin_router)
     app.include_router(devices_internal_router)
+    app.include_router(audit_router)
+    app.include_router(operations_router)
     # Renters, pricing, payments, rentals: routers, station-event hooks (unless given), jobs in the lifespan.
     install_rentals(app, install_hooks=hooks is None)
     install_openapi(app, internal_prefixes=INTERNAL_PREFIXES)

@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password")
     admin.add_argument("--full-name", default="")
-    admin.add_argument("--role", choices=[Role.ADMIN.value, Role.STAFF.value], default=Role.ADMIN.value)
+    admin.add_argument(
+        "--role", choices=[Role.ADMIN.value, Role.STAFF.value, Role.VIEWER.value], default=Role.ADMIN.value
+    )
     admin.set_defaults(func=_create_admin)
 
     service = subparsers.add_parser("create-service-account", help="Create a service account (the ingest's)")

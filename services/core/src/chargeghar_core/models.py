@@ -1,5 +1,6 @@
 """Every table of core, imported in one place for alembic's metadata and for tests."""
 
+from chargeghar_core.audit.models import StaffAuditEntry
 from chargeghar_core.auth.models import UsedRefreshToken, User
 from chargeghar_core.devices.models import Device
 from chargeghar_core.iot.models import ProcessedEvent
@@ -30,6 +31,7 @@ __all__ = [
     "RentalPackage",
     "RenterProfile",
     "RenterSession",
+    "StaffAuditEntry",
     "Station",
     "StationDiscount",
     "StationSlot",

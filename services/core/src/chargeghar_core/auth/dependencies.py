@@ -21,6 +21,8 @@ _bearer = HTTPBearer(auto_error=False, scheme_name=BEARER_SCHEME)
 
 INTERNAL_ROLES = frozenset({Role.ADMIN, Role.STAFF, Role.SERVICE})
 STAFF_ROLES = frozenset({Role.ADMIN, Role.STAFF})
+# Viewers read: every admin GET answers them; every action (POST/PATCH/PUT/DELETE) is a 403.
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_token_service(request: Request) -> TokenService:
@@ -45,11 +47,23 @@ async def internal_caller(claims: Annotated[TokenClaims, Depends(current_claims)
     return claims
 
 
-@answers((403, "FORBIDDEN", "The token is not a staff account's (admin or staff role)"))
-async def staff_user(claims: Annotated[TokenClaims, Depends(current_claims)]) -> TokenClaims:
-    if claims.role not in STAFF_ROLES:
-        raise Forbidden("Staff account required")
-    return claims
+@answers(
+    (
+        403,
+        "FORBIDDEN",
+        "The token is not a staff account's (admin or staff role; the read-only viewer role may only read)",
+    )
+)
+async def staff_user(
+    request: Request, claims: Annotated[TokenClaims, Depends(current_claims)]
+) -> TokenClaims:
+    if claims.role in STAFF_ROLES:
+        return claims
+    if claims.role is Role.VIEWER:
+        if request.method in READ_ONLY_METHODS:
+            return claims
+        raise Forbidden("The viewer role is read-only")
+    raise Forbidden("Staff account required")
 
 
 InternalCaller = Annotated[TokenClaims, Depends(internal_caller)]

@@ -15,6 +15,7 @@ from chargeghar_core.kit.db import Base, TimestampMixin, utcnow
 class Role(StrEnum):
     ADMIN = "admin"
     STAFF = "staff"
+    VIEWER = "viewer"  # staff who may read every admin GET and change nothing
     SERVICE = "service"  # machine accounts such as the ingest
     RENTER = "renter"  # app users; cannot log in to the staff API
 
@@ -25,7 +26,9 @@ class Role(StrEnum):
 
 class User(TimestampMixin, Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'staff', 'service', 'renter')", name="role_known"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'staff', 'viewer', 'service', 'renter')", name="role_known"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     email: Mapped[str] = mapped_column(String(254), unique=True)

@@ -14,7 +14,7 @@ from chargeghar_core.kit.errors import Conflict, Unauthorized
 logger = structlog.get_logger(__name__)
 
 # Roles that may log in on /api/admin/login (renters use the app's own login, not this one).
-STAFF_LOGIN_ROLES = frozenset({Role.ADMIN, Role.STAFF, Role.SERVICE})
+STAFF_LOGIN_ROLES = frozenset({Role.ADMIN, Role.STAFF, Role.VIEWER, Role.SERVICE})
 
 
 class RefreshTokenReused(Unauthorized):

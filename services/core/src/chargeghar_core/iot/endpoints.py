@@ -61,6 +61,7 @@ from chargeghar_core.kit.guard import (
     find_unstorable_text,
     loads_bounded,
 )
+from chargeghar_core.kit.metrics import METRICS
 from chargeghar_core.stations.models import SyncLog
 from chargeghar_core.stations.repository import SyncLogRepository
 
@@ -251,7 +252,9 @@ async def station_data(request: Request, caller: InternalCaller, session: DbSess
             )
         )
         _log_failure(exc, answer, event.type, context.event_key)
+        METRICS.event_applied(event.type, "FAILED")
         raise answer from exc
+    METRICS.event_applied(event.type, outcome.outcome.value)
     return JSONResponse({"success": True, "message": outcome.message, "data": outcome.data})
 
 
@@ -470,11 +473,13 @@ async def _process_batch_item(
         # Outside the event's savepoint (already rolled back): kept even though the event is not applied.
         await _record_batch_failure(session, entry)
         _log_failure(exc, answer, event.type, item.context.event_key)
+        METRICS.event_applied(event.type, "FAILED")
         return _item(item.index, item.explicit_id, answer)
     return _success_item(item, outcome)
 
 
 def _success_item(item: _BatchItem, outcome: EventOutcome) -> dict[str, Any]:
+    METRICS.event_applied(item.declared_type, outcome.outcome.value)
     return BatchItemResult(
         index=item.index,
         event_id=item.explicit_id,

@@ -1,11 +1,10 @@
-"""Power-bank administration (staff): inventory list and the serial-prefix model table."""
+"""Power-bank administration (staff): inventory, one bank's detail and status, the serial-prefix table."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from chargeghar_protocol.contract import PowerBankStatus
 from fastapi import APIRouter, Query, Request
 
 from chargeghar_core.auth.dependencies import StaffUser
@@ -13,9 +12,17 @@ from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.errors import Conflict
 from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
+from chargeghar_core.powerbanks.admin import bank_detail, set_operator_status
 from chargeghar_core.powerbanks.models import PowerBankModel
 from chargeghar_core.powerbanks.repository import PowerBankRepository
-from chargeghar_core.powerbanks.schemas import PowerBankModelCreate, PowerBankModelView, PowerBankView
+from chargeghar_core.powerbanks.schemas import (
+    BankStatusFilter,
+    PowerBankDetail,
+    PowerBankModelCreate,
+    PowerBankModelView,
+    PowerBankStatusUpdate,
+    PowerBankView,
+)
 
 router = APIRouter(prefix="/api/admin", tags=["admin: power banks"])
 
@@ -29,7 +36,7 @@ router = APIRouter(prefix="/api/admin", tags=["admin: power banks"])
 async def list_power_banks(
     _staff: StaffUser,
     session: DbSession,
-    status: PowerBankStatus | None = None,
+    status: BankStatusFilter | None = None,
     station_id: uuid.UUID | None = None,
     search: Annotated[str | None, Query(max_length=64)] = None,
     page: PageNumber = 1,
@@ -46,6 +53,53 @@ async def list_power_banks(
     return Envelope(
         message="Power banks", data=Page(items=items, total=total, page=page, page_size=page_size)
     )
+
+
+@router.get(
+    "/powerbanks/{bank_id}",
+    response_model=Envelope[PowerBankDetail],
+    summary="One power bank: model, device condition, operator status, where it is, history, rentals",
+    description=(
+        "`condition`/`condition_code` are what the cabinet reports (FAULT with the device's code, healing "
+        "when the device says so); `status` is the operator's decision. `location.where` is `in_slot`, "
+        "`on_rental` or `unknown`. Histories are newest first (conditions: 50, rentals: 20, "
+        "operator actions: 20); battery readings come from the last report and from rental starts and "
+        "returns."
+    ),
+    responses=errors((404, "NOT_FOUND", "No such power bank")),
+)
+async def power_bank_detail(
+    bank_id: uuid.UUID, _staff: StaffUser, session: DbSession
+) -> Envelope[PowerBankDetail]:
+    return Envelope(message="Power bank", data=await bank_detail(session, bank_id))
+
+
+@router.patch(
+    "/powerbanks/{bank_id}",
+    response_model=Envelope[PowerBankDetail],
+    summary="Set a power bank's operator status (available, maintenance, retired, lost, found) with a reason",
+    description=(
+        "Audited in the same transaction (`GET /api/admin/audit-log?action=power_bank.status`). "
+        "A bank out on an open rental is refused (end the rental first); `found` is only for a LOST bank "
+        "and makes it AVAILABLE. RETIRED and MAINTENANCE survive device reports; a LOST bank that a cabinet "
+        "reports in a slot becomes AVAILABLE. Setting the status it already has answers 200 and is audited "
+        "as `unchanged`."
+    ),
+    responses=errors(
+        (404, "NOT_FOUND", "No such power bank"),
+        (
+            409,
+            "BANK_ON_RENTAL",
+            "BANK_ON_RENTAL: the bank is out on an open rental; BANK_NOT_LOST: `found` "
+            "for a bank that is not LOST",
+        ),
+    ),
+)
+async def update_power_bank_status(
+    bank_id: uuid.UUID, body: PowerBankStatusUpdate, staff: StaffUser, session: DbSession
+) -> Envelope[PowerBankDetail]:
+    await set_operator_status(session, bank_id, body, staff)
+    return Envelope(message="Power bank status updated", data=await bank_detail(session, bank_id))
 
 
 @router.get(

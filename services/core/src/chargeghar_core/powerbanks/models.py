@@ -13,6 +13,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from chargeghar_core.kit.db import Base, TimestampMixin, utcnow
 
 
+class OperatorStatus:
+    """Statuses only an operator sets (on top of the protocol's AVAILABLE/RENTED/MAINTENANCE/DAMAGED)."""
+
+    RETIRED = "RETIRED"  # out of service for good; device reports never make it rentable again
+    LOST = "LOST"  # not where it should be; a cabinet that reports it in a slot makes it AVAILABLE again
+
+
 class BankCondition:
     """What the cabinet reports about a bank, apart from the operator's ``status``: it follows the device
     and heals when the device says so. ``condition_code`` keeps the device's fault code ("0x03")."""
@@ -24,7 +31,10 @@ class BankCondition:
 class PowerBank(TimestampMixin, Base):
     __tablename__ = "power_banks"
     __table_args__ = (
-        CheckConstraint("status IN ('AVAILABLE', 'RENTED', 'MAINTENANCE', 'DAMAGED')", name="status_known"),
+        CheckConstraint(
+            "status IN ('AVAILABLE', 'RENTED', 'MAINTENANCE', 'DAMAGED', 'RETIRED', 'LOST')",
+            name="status_known",
+        ),
         CheckConstraint("battery_level BETWEEN 0 AND 100", name="battery_level_range"),
         CheckConstraint("condition IN ('HEALTHY', 'FAULT')", name="condition_known"),
     )

@@ -17,6 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from chargeghar_core.kit.db import LIKE_ESCAPE, dialect_name, insert_for_dialect, like_contains, table_of
 from chargeghar_core.powerbanks.models import (
     BankCondition,
+    OperatorStatus,
     PowerBank,
     PowerBankConditionHistory,
     PowerBankModel,
@@ -29,8 +30,10 @@ BATTERY_UNKNOWN_KEY = "battery_unknown"
 
 # Statuses an operator (or the rentals flow) owns: a device report never overwrites them.
 # Literal SQL values: an expanding IN parameter cannot be part of an executemany statement.
+# RETIRED is held too; a LOST bank reported in a slot is found (the device's report wins).
 _HELD_STATUSES: list[ColumnElement[str]] = [
-    literal_column(f"'{status.value}'") for status in (PowerBankStatus.MAINTENANCE, PowerBankStatus.DAMAGED)
+    literal_column(f"'{status}'")
+    for status in (PowerBankStatus.MAINTENANCE.value, PowerBankStatus.DAMAGED.value, OperatorStatus.RETIRED)
 ]
 
 
@@ -117,8 +120,8 @@ PG_BANK_UPSERT_CTES = """
             CAST(:seen_at AS timestamptz), t.condition, t.code, CAST(:seen_at AS timestamptz)
         FROM input t
         ON CONFLICT (serial_number) DO UPDATE SET
-            status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED') THEN power_banks.status
-                          ELSE excluded.status END,
+            status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED', 'RETIRED')
+                          THEN power_banks.status ELSE excluded.status END,
             battery_level = CASE WHEN (excluded.hardware_info ->> 'battery_unknown') IS NOT NULL
                                  THEN power_banks.battery_level ELSE excluded.battery_level END,
             hardware_info = excluded.hardware_info,

@@ -12,6 +12,7 @@ from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
+from chargeghar_core.rentals.admin import RentalAdministration
 from chargeghar_core.rentals.errors import PopupFailed, RentalNotFound, StationUnavailable
 from chargeghar_core.rentals.models import Rental, RentalStatus
 from chargeghar_core.rentals.popup import RentalStarter
@@ -25,8 +26,11 @@ from chargeghar_core.rentals.schemas import (
     ReceiptLine,
     ReceiptOut,
     RentalOut,
+    RentalOverrideRequest,
     StartRentalRequest,
     StationAvailability,
+    WaiveDueRequest,
+    WalletRefundRequest,
 )
 from chargeghar_core.rentals.service import RentalService, StartRequest
 from chargeghar_core.renters.dependencies import CurrentRenter
@@ -300,3 +304,78 @@ async def force_complete(
         rental_id, actor_id=staff.user_id, reason=body.reason
     )
     return Envelope(message="Rental ended by an operator", data=RentalOut.of(rental))
+
+
+def _administration(request: Request, session: DbSession) -> RentalAdministration:
+    return RentalAdministration(session, currency=runtime_of(request).payment_settings.currency)
+
+
+_CORRECTION_ERRORS = (
+    (404, "RENTAL_NOT_FOUND", "No such rental"),
+    (409, "RENTAL_STATE_CONFLICT", "Only a completed rental can be corrected"),
+)
+
+
+@admin_router.post(
+    "/api/admin/rentals/{rental_id}/override",
+    response_model=Envelope[RentalOut],
+    summary="Correct a completed rental's end time or total, with a reason (audited)",
+    description="A lower total first cancels dues, then refunds the rest to the wallet (REFUND ledger row); "
+    "a higher one adds to the dues. The renter sees the new amounts with the rental and in the ledger.",
+    responses=errors(
+        (400, "AMOUNT_OUT_OF_RANGE", "An end time before the start or in the future"),
+        *_CORRECTION_ERRORS,
+    ),
+)
+async def override_rental(
+    rental_id: uuid.UUID, body: RentalOverrideRequest, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RentalOut]:
+    administration = _administration(request, session)
+    if body.ended_at is not None:
+        rental = await administration.override_end(
+            rental_id, ended_at=body.ended_at, reason=body.reason, actor=staff
+        )
+    else:
+        assert body.total_paisa is not None
+        rental = await administration.override_total(
+            rental_id, total_paisa=body.total_paisa, reason=body.reason, actor=staff
+        )
+    return Envelope(message="Rental corrected", data=RentalOut.of(rental))
+
+
+@admin_router.post(
+    "/api/admin/rentals/{rental_id}/waive-due",
+    response_model=Envelope[RentalOut],
+    summary="Waive what a completed rental still owes, whole or part (audited)",
+    responses=errors(
+        (400, "AMOUNT_OUT_OF_RANGE", "More than is due"),
+        (404, "RENTAL_NOT_FOUND", "No such rental"),
+        (409, "NO_DUES", "NO_DUES, or RENTAL_STATE_CONFLICT: not a completed rental"),
+    ),
+)
+async def waive_due(
+    rental_id: uuid.UUID, body: WaiveDueRequest, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RentalOut]:
+    rental = await _administration(request, session).waive_due(
+        rental_id, amount_paisa=body.amount_paisa, reason=body.reason, actor=staff
+    )
+    return Envelope(message="Due waived", data=RentalOut.of(rental))
+
+
+@admin_router.post(
+    "/api/admin/rentals/{rental_id}/refund",
+    response_model=Envelope[RentalOut],
+    summary="Refund a completed rental to the renter's wallet, whole or part, once (audited)",
+    responses=errors(
+        (400, "AMOUNT_OUT_OF_RANGE", "More than was collected and not yet refunded"),
+        (404, "RENTAL_NOT_FOUND", "No such rental"),
+        (409, "RENTAL_ALREADY_REFUNDED", "RENTAL_ALREADY_REFUNDED, or RENTAL_STATE_CONFLICT"),
+    ),
+)
+async def refund_rental(
+    rental_id: uuid.UUID, body: WalletRefundRequest, request: Request, session: DbSession, staff: StaffUser
+) -> Envelope[RentalOut]:
+    rental = await _administration(request, session).refund_to_wallet(
+        rental_id, amount_paisa=body.amount_paisa, reason=body.reason, actor=staff
+    )
+    return Envelope(message="Refunded to the wallet", data=RentalOut.of(rental))

@@ -14,6 +14,7 @@ import structlog
 from chargeghar_protocol.contract import CommandRequest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chargeghar_core.kit.metrics import METRICS
 from chargeghar_core.rentals.models import Rental, RentalStatus
 from chargeghar_core.rentals.runtime import RentalRuntime
 from chargeghar_core.rentals.service import RentalService, StartRequest
@@ -36,8 +37,9 @@ class RentalStarter:
             try:
                 rental = await self._service(session).reserve(user_id, request)
                 await session.commit()
-            except BaseException:
+            except BaseException as exc:
                 await session.rollback()
+                METRICS.rental_failed(str(getattr(exc, "code", None) or type(exc).__name__))
                 raise
         task = self.runtime.spawn(self.pop_and_settle(rental), name=f"popup:{rental.id}")
         # Shielded: the settlement goes on after the wait. asyncio.timeout, not wait_for: on Python 3.11
@@ -57,6 +59,7 @@ class RentalStarter:
             timeout_s=self.settings.popup_timeout_s,
         )
         attempt = await commands.send(rental.station_imei, popup)
+        METRICS.popup_outcome(attempt.status)
         async with self.runtime.sessions()() as session:
             settled, needs_check = await self._service(session).apply_popup_attempt(rental.id, attempt)
             await session.commit()

@@ -216,3 +216,65 @@ class StationAvailability(BaseModel):
     rentable_now: bool
     rentable_banks: int
     banks: list[AvailableBank]
+
+
+# ------------------------------------------------------------------ staff corrections of a finished rental
+
+# The same ceiling as prices: no single rental is worth more than Rs 100,000.
+MAX_RENTAL_AMOUNT_PAISA = 10_000_000
+
+
+class RentalOverrideRequest(BaseModel):
+    """Exactly one of ``ended_at`` (charges recomputed for that end) or ``total_paisa`` (what the rental
+    costs in all, package price included)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "ended_at": "2026-11-30T10:15:00Z",
+                    "reason": "Bank was back at 10:15; the cabinet was offline",
+                },
+                {"total_paisa": 5000, "reason": "Late fee forgiven: station closed early"},
+            ]
+        },
+    )
+
+    ended_at: datetime | None = Field(default=None, description="Corrected end time (with a UTC offset)")
+    total_paisa: int | None = Field(default=None, ge=0, le=MAX_RENTAL_AMOUNT_PAISA)
+    reason: str = Field(min_length=3, max_length=2000)
+
+    @model_validator(mode="after")
+    def one_correction(self) -> RentalOverrideRequest:
+        if (self.ended_at is None) == (self.total_paisa is None):
+            raise ValueError("give exactly one of ended_at and total_paisa")
+        if self.ended_at is not None and self.ended_at.tzinfo is None:
+            raise ValueError("ended_at needs a UTC offset")
+        return self
+
+
+class WaiveDueRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reason": "Goodwill after a faulty bank"}, {"amount_paisa": 1500, "reason": "Half"}]
+        },
+    )
+
+    amount_paisa: int | None = Field(
+        default=None, gt=0, le=MAX_RENTAL_AMOUNT_PAISA, description="Omitted: the whole due"
+    )
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class WalletRefundRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"amount_paisa": 2500, "reason": "Bank was empty at pick-up"}]},
+    )
+
+    amount_paisa: int | None = Field(
+        default=None, gt=0, le=MAX_RENTAL_AMOUNT_PAISA, description="Omitted: all that was collected"
+    )
+    reason: str = Field(min_length=3, max_length=2000)

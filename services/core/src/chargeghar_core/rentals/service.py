@@ -19,6 +19,7 @@ from chargeghar_protocol.contract import StationStatus
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chargeghar_core.kit.db import utcnow
+from chargeghar_core.kit.metrics import METRICS
 from chargeghar_core.notifications.events import rental_event
 from chargeghar_core.notifications.templates import Event
 from chargeghar_core.payments.models import LedgerKind
@@ -340,6 +341,7 @@ class RentalService:
         if moved:
             await self.rentals.take_out_of_slot(rental.power_bank_id)
             logger.info("rental_active", rental_id=str(rental.id), reason=reason)
+            METRICS.rental_started()
             await rental_event(self.session, Event.RENTAL_STARTED, rental.id)
         return moved
 
@@ -358,6 +360,7 @@ class RentalService:
             await self.rentals.release_bank(rental.power_bank_id)
             await self._refund_all(rental, reason)
             logger.info("rental_cancelled", rental_id=str(rental.id), reason=reason)
+            METRICS.rental_failed(reason)
             await rental_event(self.session, Event.EJECT_FAILED, rental.id)
         return moved
 

@@ -1,0 +1,1 @@
+"""One staff audit log: who did what to which thing, when, with what outcome (secrets masked)."""

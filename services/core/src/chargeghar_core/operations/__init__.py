@@ -1,0 +1,1 @@
+"""Operations API: the fleet dashboard and staff device commands (audited)."""

@@ -1,0 +1,1 @@
+"""Operations views over money and the fleet: transactions, revenue report, fleet sync log, metrics."""
