@@ -140,6 +140,15 @@ def postgres_available() -> bool:
     return tcp_reachable(parts.hostname or "127.0.0.1", parts.port or 5432)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.postgres`` tests (concurrent writers, visibility across connections: what SQLite, which
+    serialises writers, cannot show) skip without PostgreSQL, or fail under CHARGEGHAR_REQUIRE_SERVICES."""
+    if item.get_closest_marker("postgres") is not None:
+        parts = urlsplit(POSTGRES_ADMIN_URL)
+        if not tcp_reachable(parts.hostname or "127.0.0.1", parts.port or 5432):
+            service_unavailable("PostgreSQL", POSTGRES_ADMIN_URL)
+
+
 @asynccontextmanager
 async def fresh_postgres_database() -> AsyncIterator[str]:
     """Create a database for this test session and drop it afterwards; yields its async URL."""

@@ -21,7 +21,9 @@ from chargeghar_core.settings import (
     HmacSettings,
     InternalSettings,
     JwtSettings,
+    NotificationSettings,
     RedisSettings,
+    RetentionSettings,
     Settings,
 )
 from chargeghar_protocol.signing import signed_headers
@@ -44,6 +46,11 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "hmac": HmacSettings(secret=HMAC_SECRET),
         "internal": InternalSettings(rate_limit_per_minute=0),
         "redis": RedisSettings(url=None),
+        # Background jobs write through their own connections: next to a test that keeps its rollback
+        # transaction open they would wait on SQLite's write lock (and app shutdown with them). The tests of
+        # those jobs switch them on.
+        "notifications": NotificationSettings(worker_enabled=False),
+        "retention": RetentionSettings(enabled=False),
     }
     values.update(overrides)
     return Settings(**values)

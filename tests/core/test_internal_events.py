@@ -535,9 +535,10 @@ async def test_full_sync_uses_a_constant_number_of_statements(
     large = await _count_full_sync(client, statement_counter, 24)
     assert small == large, statement_counter.statements
     # Including the test's SAVEPOINT/RELEASE pair: PostgreSQL merges the writes with data-modifying CTEs.
-    # One of them claims the request's signature (replay protection independent of X-Event-Id).
+    # One of them claims the request's signature (replay protection independent of X-Event-Id). SQLite has
+    # no data-modifying CTEs: the claim, the bank conditions and their history are statements of their own.
     postgres = client.app.state.settings.db.url.startswith("postgresql")
-    assert small <= (7 if postgres else 13), statement_counter.statements
+    assert small <= (7 if postgres else 15), statement_counter.statements
 
 
 # ------------------------------------------------------------------------------------------- rate limit / IP

@@ -34,7 +34,9 @@ from chargeghar_core.settings import (
     HmacSettings,
     InternalSettings,
     JwtSettings,
+    NotificationSettings,
     RedisSettings,
+    RetentionSettings,
     Settings,
 )
 from chargeghar_protocol.contract import CommandRequest
@@ -215,6 +217,10 @@ def core_settings(database_url: str) -> Settings:
         # The rental tests stamp device observations ahead of the real clock to simulate time passing.
         internal=InternalSettings(rate_limit_per_minute=0, max_future_skew_s=7 * 24 * 3600),
         redis=RedisSettings(url=None),
+        # The lifespan's own outbox worker and pruning job would write next to the tests' transactions (and
+        # wait on SQLite's write lock); the tests of the outbox drive a worker themselves.
+        notifications=NotificationSettings(worker_enabled=False),
+        retention=RetentionSettings(enabled=False),
     )
 
 

@@ -430,6 +430,7 @@ async def committed_nepal_client(
         yield client
 
 
+@pytest.mark.postgres
 async def test_racing_redirects_callbacks_and_lookups_credit_exactly_once(
     committed_nepal_client: RentalsClient,
     committed_engine: AsyncEngine,

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import pytest
 from chargeghar_core.kit.db import create_sessionmaker, utcnow
 from chargeghar_core.notifications.models import NotificationOutbox
 from chargeghar_core.notifications.outbox import notify
@@ -113,6 +114,7 @@ async def test_a_restarted_worker_never_sends_a_key_twice(
     assert ours(third.calls) == []
 
 
+@pytest.mark.postgres
 async def test_concurrent_workers_deliver_each_row_exactly_once(
     committed_engine: AsyncEngine, rentals_committed_url: str
 ) -> None:
@@ -128,6 +130,7 @@ async def test_concurrent_workers_deliver_each_row_exactly_once(
     assert set((await _statuses(committed_engine, user_id)).values()) == {"SENT"}
 
 
+@pytest.mark.postgres
 async def test_transient_errors_are_retried_with_backoff_and_permanent_ones_fail(
     committed_engine: AsyncEngine, rentals_committed_url: str
 ) -> None:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from chargeghar_core.audit.models import StaffAuditEntry
 from chargeghar_core.auth.models import Role
 from chargeghar_core.kit.db import utcnow
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 SYNC_LOGS = "/api/admin/sync-logs"
 
 
+@pytest.mark.postgres
 async def test_fleet_sync_log_filters_by_outcome_type_station_and_time(
     client: RentalsClient, session: AsyncSession
 ) -> None:

@@ -64,6 +64,8 @@ class LedgerEntry(Base):
         ),
         CheckConstraint("amount_paisa <> 0", name="amount_non_zero"),
         Index("ix_wallet_ledger_user_created", "user_id", "created_at"),
+        # Money of a day or a report window across all renters (dashboard, revenue report).
+        Index("ix_wallet_ledger_created", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

@@ -61,6 +61,15 @@ class Rental(TimestampMixin, Base):
         ),
         Index("ix_rentals_status_due", "status", "due_at"),
         Index("ix_rentals_user_created", "user_id", "created_at"),
+        # The operations views: completed today (dashboard), a bank's rentals (power-bank detail), dues.
+        Index("ix_rentals_status_ended", "status", "ended_at"),
+        Index("ix_rentals_bank_created", "power_bank_id", "created_at"),
+        Index(
+            "ix_rentals_with_dues",
+            "user_id",
+            postgresql_where=text("amount_due_paisa > 0"),
+            sqlite_where=text("amount_due_paisa > 0"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
