@@ -43,11 +43,15 @@ typecheck: install ## mypy over all packages
 migrate: install ## Apply the database migrations (CORE_DB__URL selects the database)
 	$(UV) run alembic upgrade head
 
+# e.g. make bench BENCH_CORE_ARGS='--json var/bench-core.json' (python bench/bench_core.py --help lists them)
+BENCH_CORE_ARGS ?=
+BENCH_PIPELINE_ARGS ?=
+
 .PHONY: bench
-bench: install ## Benchmarks: codec, core sync endpoint, full pipeline (need PostgreSQL and mosquitto for the last two)
+bench: install ## Benchmarks: codec; core's CPU ms per request (full, returned, batch, /health); pipeline (need PostgreSQL, mosquitto)
 	$(UV) run python bench/bench_codec.py
-	$(UV) run python bench/bench_core.py
-	$(UV) run python bench/bench_pipeline.py
+	$(UV) run python bench/bench_core.py $(BENCH_CORE_ARGS)
+	$(UV) run python bench/bench_pipeline.py $(BENCH_PIPELINE_ARGS)
 
 .PHONY: up
 up: ## Start the production-like stack with docker compose (EMQX, PostgreSQL, Redis, core, ingest)

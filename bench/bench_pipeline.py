@@ -1,16 +1,21 @@
 """End-to-end pipeline benchmark: simulated stations → MQTT → ingest → core → PostgreSQL.
 
-What it measures, in one bounded run (< 120 s):
+What it measures, in one bounded run (< 150 s):
 1. the broker's bare delivery rate: one plain publisher, one plain subscriber, the same 0x10 frames, QoS 1;
 2. the pipeline: a fleet of virtual cabinets publishes 0x10 uploads on ``/user/update`` (what a ``check``
    reply or an MQTT upload looks like) at a target rate; the ingest decodes, spools and forwards them; core
    applies each as one transaction. Reported: events/s committed in core while sustained, and the latency
-   from the cabinet's publish to core's row (``sync_logs.created_at``), p50 / p99.
+   from the cabinet's publish to core's row (``sync_logs.created_at``), p50 / p99;
+3. the CPU each part spent per upload over the pipeline window (publish start → core drained), from /proc:
+   core (uvicorn and its workers), ingest, broker, the PostgreSQL backends of the bench database, and this
+   process (the simulated fleet), with each part's share of one core: on a 2-core machine that is where a
+   missed target shows what stands in the way.
 
 It starts its own Mosquitto on a free port (the shared one drops beyond 1000 queued messages per client), a
 fresh PostgreSQL database, core and ingest as child processes, and removes them all at the end.
 
     uv run python bench/bench_pipeline.py [--rate 1000] [--stations 200] [--duration 20] [--json out.json]
+        [--repo-root DIR]   # another tree's core (and its migrations), e.g. the code before a change
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +40,7 @@ from typing import Any
 import aiomqtt
 import asyncpg
 import httpx
+from bench_support import CPU_NOTE, LIVE_ROOT, CodeTree, machine
 from chargeghar_ingest.simulator.device import CabinetConfig, SentFrame
 from chargeghar_ingest.simulator.fleet import Fleet, FleetConfig
 from chargeghar_ingest.simulator.stack import (
@@ -46,10 +51,10 @@ from chargeghar_ingest.simulator.stack import (
     mosquitto_process,
     wait_for_port,
 )
+from proc_cpu import CpuMeter, PhaseCpu, PostgresBackends, PostgresServer, ProcessTree
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -64,6 +69,8 @@ class BrokerResult:
     messages: int
     seconds: float
     per_second: float
+    # CPU per delivered message (publish + deliver, QoS 1) of the broker and of this process's two clients.
+    cpu_ms_per_message: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,9 +91,19 @@ class PipelineResult:
     # ingest had got when publishing stopped (received and spooled vs. still waiting for core).
     core_apply_ms: dict[str, float] = field(default_factory=dict)
     ingest_at_publish_end: dict[str, float] = field(default_factory=dict)
+    # CPU per upload over the window publish start → drained (or the drain deadline), per part: core's and
+    # PostgreSQL's per upload core committed, the others' per upload published (what each part handled);
+    # and each part's busy share of one core over that window (100 = one core all the time).
+    cpu_window_seconds: float = 0.0
+    cpu_ms_per_upload: dict[str, float | None] = field(default_factory=dict)
+    cpu_share_of_one_core_pct: dict[str, float | None] = field(default_factory=dict)
+    postgres_backends_connected: int | None = None
+    machine_busy_pct: float | None = None  # all CPUs, everybody's work (N cores = N × 100)
 
 
-async def measure_broker(port: int, messages: int, payload: bytes, within_s: float = 30.0) -> BrokerResult:
+async def measure_broker(
+    port: int, messages: int, payload: bytes, meter: CpuMeter, within_s: float = 30.0
+) -> BrokerResult:
     """Bare broker delivery: publish ``messages`` frames at QoS 1 and time their arrival at a subscriber."""
     topic = f"/bench{uuid.uuid4().hex[:6]}/powerbank/000000000000000/user/update"
     received = 0
@@ -112,6 +129,7 @@ async def measure_broker(port: int, messages: int, payload: bytes, within_s: flo
                     return
 
         consumer = asyncio.create_task(consume())
+        meter.begin()
         started = time.perf_counter()
         window = asyncio.Semaphore(500)
 
@@ -124,7 +142,34 @@ async def measure_broker(port: int, messages: int, payload: bytes, within_s: flo
             await asyncio.wait_for(done.wait(), within_s)
         consumer.cancel()
         elapsed = time.perf_counter() - started
-    return BrokerResult(received, round(elapsed, 3), round(received / elapsed if elapsed else 0.0, 1))
+        cpu = meter.end()
+    return BrokerResult(
+        received,
+        round(elapsed, 3),
+        round(received / elapsed if elapsed else 0.0, 1),
+        cpu_ms_per_message=_cpu_per(cpu, {"broker": received, "loadgen": received}),
+    )
+
+
+def _cpu_per(cpu: PhaseCpu | None, counts: dict[str, int]) -> dict[str, float | None]:
+    """CPU milliseconds per item of each group (``loadgen``: this process), each over its own item count."""
+    figures: dict[str, float | None] = {}
+    for group, count in counts.items():
+        value = None if cpu is None else cpu.loadgen_ms if group == "loadgen" else cpu.ms(group)
+        figures[group] = None if value is None or count <= 0 else round(value / count, 3)
+    return figures
+
+
+def _cpu_share(cpu: PhaseCpu | None, groups: tuple[str, ...]) -> dict[str, float | None]:
+    """Percent of one core each group kept busy over the phase."""
+    if cpu is None or cpu.seconds <= 0:
+        return {}
+    figures: dict[str, float | None] = {}
+    for group in groups:
+        value = cpu.ms(group)
+        figures[group] = None if value is None else round(value / cpu.seconds / 10, 1)
+    figures["loadgen"] = round(cpu.loadgen_ms / cpu.seconds / 10, 1)
+    return figures
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -183,16 +228,14 @@ async def committed_rows(database_url: str, imeis: list[str]) -> list[tuple[str,
     return [(str(station), _epoch(created)) for station, created in rows]
 
 
-async def committed_count(database_url: str, imeis: list[str]) -> int:
-    engine = create_async_engine(database_url)
-    query = text(
-        "SELECT count(*) FROM sync_logs WHERE event_type = 'full' AND station_key IN :keys"
-    ).bindparams(bindparam("keys", expanding=True))
-    try:
-        async with engine.connect() as connection:
-            return int((await connection.execute(query, {"keys": imeis})).scalar_one())
-    finally:
-        await engine.dispose()
+async def committed_count(connection: asyncpg.Connection, imeis: list[str]) -> int:
+    """Polled on one connection the whole run, whose backend the CPU figures leave out."""
+    return int(
+        await connection.fetchval(
+            "SELECT count(*) FROM sync_logs WHERE event_type = 'full' AND station_key = ANY($1::text[])",
+            imeis,
+        )
+    )
 
 
 async def ingest_metrics(ingest_url: str) -> dict[str, float]:
@@ -254,26 +297,45 @@ def latencies(
     return sorted(values), unmatched
 
 
+PARTS = ("core", "ingest", "broker", "postgres", "postgres_all")
+
+
 async def run_pipeline(
-    args: argparse.Namespace, broker_port: int, work_dir: Path
+    args: argparse.Namespace, broker: ServiceProcess, broker_port: int, work_dir: Path
 ) -> tuple[PipelineResult, BrokerResult]:
+    tree = CodeTree(args.repo_root.resolve())
     name, database_url = await create_database()
+    core_env = {"CORE_WORKERS": str(args.core_workers), **tree.core_env()}
+    if args.pool_size is not None:
+        core_env["CORE_DB__POOL_SIZE"] = str(args.pool_size)
     stack = LocalStack(
         StackConfig(
             var_dir=work_dir,
             database_url=database_url,
             broker_port=broker_port,
-            repo_root=REPO_ROOT,
+            repo_root=tree.root,
             log_level="WARNING",
-            core_env={"CORE_WORKERS": str(args.core_workers), "CORE_DB__POOL_SIZE": "20"},
+            core_env=core_env,
             ingest_env={"INGEST_CORE__BATCH_SIZE": str(args.batch_size)},
         )
     )
+    print(f"pipeline bench: core from {tree.describe()}", flush=True)
+    assert broker.pid is not None
+    meter = CpuMeter([ProcessTree("broker", broker.pid), PostgresServer("postgres_all")])
     fleet: Fleet | None = None
     fleet_task: asyncio.Task[None] | None = None
+    monitor: asyncpg.Connection | None = None
     try:
         await asyncio.to_thread(stack.prepare)
         await asyncio.to_thread(stack.start)
+        assert stack.core.pid is not None and stack.ingest.pid is not None
+        meter.add(ProcessTree("core", stack.core.pid))
+        meter.add(ProcessTree("ingest", stack.ingest.pid))
+        # The bench's own polling connection is not the pipeline's work: its backend is left out.
+        monitor = await asyncpg.connect(database_url.replace("+asyncpg", ""), timeout=10)
+        monitor_backend = int(await monitor.fetchval("SELECT pg_backend_pid()"))
+        meter.add(PostgresBackends("postgres", name, exclude=frozenset({monitor_backend})))
+        meter.start()
         cabinet = CabinetConfig(
             imei="0",
             ingest_url=stack.config.ingest_url,
@@ -290,11 +352,15 @@ async def run_pipeline(
         station_of = {cabinet.topics.update: cabinet.imei for cabinet in fleet.cabinets}
         imeis = list(station_of.values())
 
-        broker = await measure_broker(broker_port, args.broker_messages, fleet.cabinets[0].snapshot_frame())
+        bare = await measure_broker(
+            broker_port, args.broker_messages, fleet.cabinets[0].snapshot_frame(), meter
+        )
         print(
-            f"broker bare delivery: {broker.per_second:,.0f} msg/s ({broker.messages} in {broker.seconds}s)"
+            f"broker bare delivery: {bare.per_second:,.0f} msg/s ({bare.messages} in {bare.seconds}s)",
+            flush=True,
         )
 
+        meter.begin()
         started = time.time()
         sent = await drive(fleet, args.rate, args.duration)
         publish_end = time.time()
@@ -305,15 +371,17 @@ async def run_pipeline(
         drained_at: float | None = None
         deadline = time.monotonic() + args.drain_timeout
         while time.monotonic() < deadline:
-            if await committed_count(database_url, imeis) >= len(sent):
+            if await committed_count(monitor, imeis) >= len(sent):
                 drained_at = time.time()
                 break
             await asyncio.sleep(0.5)
+        cpu = meter.end()
         rows = await committed_rows(database_url, imeis)
         values, unmatched = latencies(sent, rows, station_of)
         within_run = sum(1 for _, created in rows if created <= publish_end)
         commit_times = sorted(created for _, created in rows)
         span = (commit_times[-1] - commit_times[0]) if len(commit_times) > 1 else 0.0
+        postgres = cpu.groups.get("postgres") if cpu else None
         result = PipelineResult(
             stations=args.stations,
             target_rate=args.rate,
@@ -333,9 +401,30 @@ async def run_pipeline(
             unmatched=unmatched,
             core_apply_ms=await core_apply_times(database_url, imeis),
             ingest_at_publish_end=ingest_state,
+            cpu_window_seconds=round(cpu.seconds, 2) if cpu else 0.0,
+            cpu_ms_per_upload=_cpu_per(
+                cpu,
+                {
+                    "core": len(rows),
+                    "postgres": len(rows),
+                    "postgres_all": len(rows),
+                    "ingest": len(sent),
+                    "broker": len(sent),
+                    "loadgen": len(sent),
+                },
+            ),
+            cpu_share_of_one_core_pct=_cpu_share(cpu, PARTS),
+            postgres_backends_connected=postgres.joined if postgres else None,
+            machine_busy_pct=round(cpu.machine_busy_pct, 1)
+            if cpu and cpu.machine_busy_pct is not None
+            else None,
         )
-        return result, broker
+        return result, bare
     finally:
+        meter.stop()
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                await monitor.close()
         if fleet_task is not None:
             fleet_task.cancel()
             await asyncio.gather(fleet_task, return_exceptions=True)
@@ -343,6 +432,59 @@ async def run_pipeline(
             await fleet.aclose()
         await asyncio.to_thread(stack.stop)
         await drop_database(name)
+
+
+def render(pipeline: PipelineResult, broker: BrokerResult) -> list[str]:
+    meets = pipeline.sustained_per_second >= 1000 and pipeline.latency_ms.get("p99", 1e9) < 1000
+    lines = [
+        f"pipeline: {pipeline.stations} stations, offered {pipeline.offered_per_second:,.0f} uploads/s for "
+        f"{pipeline.publish_seconds:.0f} s; core committed {pipeline.committed}/{pipeline.published}, "
+        f"sustained {pipeline.sustained_per_second:,.0f}/s; publish→commit p50 "
+        f"{pipeline.latency_ms['p50']:.0f} ms, p99 {pipeline.latency_ms['p99']:.0f} ms; core apply p50 "
+        f"{pipeline.core_apply_ms.get('p50', 0):.1f} ms/event",
+        f"target ≥ 1,000 uploads/s sustained with p99 < 1 s: {'met' if meets else 'NOT met'}",
+        "",
+        f"CPU over the pipeline window ({pipeline.cpu_window_seconds:.0f} s, publish start → drained), per "
+        "upload (core, PostgreSQL: per committed upload; the others: per published upload) and as a share "
+        "of one core:",
+        f"  {'part':<26}{'ms/upload':>10}{'% of a core':>13}",
+    ]
+    labels = {
+        "core": "core (uvicorn + workers)",
+        "ingest": "ingest",
+        "broker": "broker (mosquitto)",
+        "postgres": "PostgreSQL, bench db",
+        "loadgen": "load generator (fleet)",
+    }
+    total_ms = 0.0
+    total_share = 0.0
+    for part, label in labels.items():
+        ms = pipeline.cpu_ms_per_upload.get(part)
+        share = pipeline.cpu_share_of_one_core_pct.get(part)
+        total_ms += ms or 0.0
+        total_share += share or 0.0
+        lines.append(f"  {label:<26}{_num(ms, 10, 3)}{_num(share, 12, 0)} %")
+    # Per-upload figures over different counts add up only when core committed everything published.
+    total = f"{total_ms:10.3f}" if pipeline.committed == pipeline.published else "-".rjust(10)
+    lines.append(f"  {'total':<26}{total}{total_share:12.0f} %")
+    busy = pipeline.machine_busy_pct
+    lines.append(
+        f"  {'whole machine, everybody':<26}{'':>10}{_num(busy, 12, 0)} %  (of {os.cpu_count() or 1}00 %)"
+    )
+    all_pg = pipeline.cpu_ms_per_upload.get("postgres_all")
+    lines += [
+        f"  (every PostgreSQL process, all databases: {_num(all_pg, 0, 3).strip()} ms/upload; "
+        f"{pipeline.postgres_backends_connected} backends connected to the bench db in the window)",
+        f"broker alone: {broker.per_second:,.0f} msg/s, broker CPU "
+        f"{_num(broker.cpu_ms_per_message.get('broker'), 0, 3).strip()} ms/message",
+        "",
+        CPU_NOTE,
+    ]
+    return lines
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    return "-".rjust(width) if value is None else f"{value:{width}.{digits}f}"
 
 
 def parse_args() -> argparse.Namespace:
@@ -357,9 +499,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--broker-messages", type=int, default=20000)
     parser.add_argument("--core-workers", type=int, default=1)
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="CORE_DB__POOL_SIZE (default: core's own)"
+    )
     parser.add_argument("--batch-size", type=int, default=100, help="ingest → core batch size")
-    parser.add_argument("--budget", type=float, default=115.0, help="hard stop for the whole run (seconds)")
+    parser.add_argument(
+        "--repo-root",
+        type=Path,
+        default=LIVE_ROOT,
+        help="tree whose core, protocol library and migrations to run (default: this checkout)",
+    )
+    parser.add_argument("--budget", type=float, default=150.0, help="hard stop for the whole run (seconds)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--label", default=None, help="a name for this run in the JSON (e.g. before, after)")
     return parser.parse_args()
 
 
@@ -370,29 +522,30 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         wait_for_port("127.0.0.1", port, 10, broker_process)
         async with asyncio.timeout(args.budget):
-            pipeline, broker = await run_pipeline(args, port, work_dir)
+            pipeline, broker = await run_pipeline(args, broker_process, port, work_dir)
     except TimeoutError:
         print(f"stopped: the run exceeded its {args.budget:.0f}s budget", file=sys.stderr)
         return 1
     finally:
         broker_process.stop()
+    lines = render(pipeline, broker)
+    print("\n".join(lines))
+    print(f"logs in {work_dir}")
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "bench": "pipeline",
+        "label": args.label,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": CodeTree(args.repo_root.resolve()).describe(),
+        "machine": machine(),
         "broker_bare": asdict(broker),
         "pipeline": asdict(pipeline),
         "target": {"uploads_per_second": 1000, "p99_ms": 1000},
         "meets_target": pipeline.sustained_per_second >= 1000 and pipeline.latency_ms.get("p99", 1e9) < 1000,
+        "text": lines,
     }
-    print(json.dumps(report, indent=2))
-    print(
-        f"pipeline: offered {pipeline.offered_per_second:,.0f}/s, "
-        f"core sustained {pipeline.sustained_per_second:,.0f}/s, "
-        f"publish→commit p50 {pipeline.latency_ms['p50']:.0f} ms, p99 {pipeline.latency_ms['p99']:.0f} ms "
-        f"(broker alone {broker.per_second:,.0f}/s); "
-        f"core apply p50 {pipeline.core_apply_ms.get('p50', 0):.1f} ms/event; logs in {work_dir}"
-    )
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        print(f"figures written to {args.json}")
     return 0
 
 

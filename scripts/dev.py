@@ -5,7 +5,8 @@ port), core on SQLite (migrated; an ingest service account and a dev admin are c
 at core and the broker, and the station simulator. A default late-fee policy and rental packages are seeded
 so a renter can rent at once. The simulated stations are deployed through core's admin API as they appear
 (dev only: core hides undeployed stations from the public list), so ``GET /api/stations`` shows them, their
-slots and banks within a minute.
+slots and banks within a minute. The banner names the operator console (``/console``) and the dev admin
+who logs in there; the admin's password is printed by the run that creates it, later runs say where it is.
 
 Ctrl-C, SIGTERM, or the death of the ``make`` that started it stops everything, the simulator first. A port
 that is taken is an error (nothing moves silently to another port). Files (SQLite, spool, logs, the dev
@@ -95,16 +96,19 @@ def require_free(port: int, what: str, flag: str) -> int:
     return port
 
 
-def admin_password() -> str:
-    """The dev admin's password: made once per dev database, printed in the banner of every run."""
+def admin_password() -> tuple[str, bool]:
+    """The dev admin's password, made once per dev database; True when made by this run.
+
+    The password is printed only by the run that made it; later runs say where it is kept.
+    """
     if ADMIN_CREDENTIALS.exists():
-        return str(json.loads(ADMIN_CREDENTIALS.read_text())["password"])
+        return str(json.loads(ADMIN_CREDENTIALS.read_text())["password"]), False
     password = secrets.token_urlsafe(12)
     ADMIN_CREDENTIALS.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(ADMIN_CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump({"email": ADMIN_EMAIL, "password": password}, handle)
-    return password
+    return password, True
 
 
 def make_ancestor() -> int | None:
@@ -233,16 +237,30 @@ def public_station_count(core_url: str) -> int:
         return -1
 
 
-def print_banner(stack: LocalStack, imeis: list[str], broker_port: int, password: str) -> None:
+def admin_lines(password: str, created: bool) -> str:
+    """How to log in as the dev admin: the password itself only on the run that created it."""
+    kept = ADMIN_CREDENTIALS.relative_to(REPO_ROOT)
+    if created:
+        return (
+            f"  dev admin         {ADMIN_EMAIL}  password {password}\n"
+            f"                    (shown once; kept in {kept}; --fresh makes a new one)"
+        )
+    return f"  dev admin         {ADMIN_EMAIL}  (password in {kept}; --fresh makes a new one)"
+
+
+def print_banner(
+    stack: LocalStack, imeis: list[str], broker_port: int, password: str, *, created: bool
+) -> None:
     core, ingest = stack.config.core_url, stack.config.ingest_url
     print(
         f"""
 ChargeGhar dev stack is up.
+  operator console  {core}/console               (log in as the dev admin)
+{admin_lines(password, created)}
   core API docs     {core}/docs
   station list      {core}/api/stations            (deployed stations, with slots via /api/stations/<serial>)
   one station       {core}/api/stations/{imeis[0]}
-  admin login       POST {core}/api/admin/login  {{"email": "{ADMIN_EMAIL}", "password": "{password}"}}
-                    (kept in {ADMIN_CREDENTIALS.relative_to(REPO_ROOT)}; --fresh makes a new one)
+  admin login       POST {core}/api/admin/login  {{"email": "{ADMIN_EMAIL}", "password": "…"}}
   admin stations    {core}/api/admin/stations      (all stations, deployed or not; bearer token)
   packages          {core}/api/packages            (seeded: rent one with POST /api/rentals as a renter)
   renter sign-up    POST {core}/api/renters/register; top up via the sandbox (README, "Try a rental")
@@ -288,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         stack.ingest.log_path = logs / "ingest.log"
         print("• core: migrating the SQLite database and creating accounts …", flush=True)
         stack.prepare()
-        password = admin_password()
+        password, created = admin_password()
         stack.create_account(ADMIN_EMAIL, password, kind="create-admin")
         stack.start_core()
         print(f"• core: {config.core_url}", flush=True)
@@ -315,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"• simulator: {args.stations} stations × {args.slots} slots at speed {args.speed:g}", flush=True
         )
-        print_banner(stack, imeis, args.broker_port, password)
+        print_banner(stack, imeis, args.broker_port, password, created=created)
         deployer.close()
         deployer = None if args.no_deploy else StationDeployer(config.core_url, imeis, password)
         supervise(stack, simulator, broker, deployer, make_ancestor())

@@ -39,8 +39,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import uvicorn
 from api_statuses import StatusRecorder
+from chargeghar_core.kit.db import create_engine
+from chargeghar_core.kit.migrate import migrate
+from chargeghar_core.settings import DatabaseSettings
 from chargeghar_ingest.simulator.stack import die_with_parent
 from hypothesis import HealthCheck, settings
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 # "dev" keeps local runs quick; "ci" (selected by .ci/run) explores more examples.
 settings.register_profile("dev", max_examples=150, deadline=None)
@@ -181,6 +185,45 @@ async def database_url(
         service_unavailable("PostgreSQL", POSTGRES_ADMIN_URL)
     path = tmp_path_factory.mktemp("db") / "core.sqlite3"
     yield f"sqlite+aiosqlite:///{path}"
+
+
+# ----------------------------------------------------------------------------------------- migrated database
+# One database per session, migrated once with the real alembic scripts; each test runs inside an outer
+# transaction that is rolled back, and sessions made by ``test_sessionmaker`` join it in savepoint mode (an
+# app's commit is a RELEASE SAVEPOINT). Shared by the core, rentals and console tests.
+
+
+@pytest.fixture(scope="session")
+async def migrated_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await migrate(DatabaseSettings(url=database_url))
+    engine = create_engine(DatabaseSettings(url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db_connection(migrated_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with migrated_engine.connect() as connection:
+        outer = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if outer.is_active:
+                await outer.rollback()
+
+
+@pytest.fixture
+def test_sessionmaker(db_connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
+    )
+
+
+@pytest.fixture
+async def session(test_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for the test's own setup and assertions (same connection, same outer transaction)."""
+    async with test_sessionmaker() as test_session:
+        yield test_session
 
 
 # --------------------------------------------------------------------------------------------- Redis

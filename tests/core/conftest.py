@@ -12,15 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from chargeghar_core.iot.hooks import IotHooks
-from chargeghar_core.kit.db import create_engine
 from chargeghar_core.kit.migrate import migrate
 from chargeghar_core.settings import (
     DatabaseSettings,
 )
 from core_support import CoreClient, StatementCounter, make_settings, running_client
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 # --------------------------------------------------------------------------------------------- database
 
@@ -29,40 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 def core_database_url(database_url: str) -> str:
     """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
     return database_url
-
-
-@pytest.fixture(scope="session")
-async def core_engine(core_database_url: str) -> AsyncIterator[AsyncEngine]:
-    """The session's database, migrated once with alembic (the real migration scripts)."""
-    await migrate(DatabaseSettings(url=core_database_url))
-    engine = create_engine(DatabaseSettings(url=core_database_url))
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def db_connection(core_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with core_engine.connect() as connection:
-        outer = await connection.begin()
-        try:
-            yield connection
-        finally:
-            if outer.is_active:
-                await outer.rollback()
-
-
-@pytest.fixture
-def test_sessionmaker(db_connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(
-        bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
-    )
-
-
-@pytest.fixture
-async def session(test_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session for the test's own setup and assertions (same connection, same outer transaction)."""
-    async with test_sessionmaker() as test_session:
-        yield test_session
 
 
 # --------------------------------------------------------------------------------------------- app + client
@@ -84,11 +48,10 @@ def client_factory(
 ) -> Callable[..., Any]:
     """``async with client_factory(internal=InternalSettings(...)) as c:`` — a client with other settings."""
 
-    def factory(*, hooks: IotHooks | None = None, client_host: str = "127.0.0.1", **overrides: Any) -> Any:
+    def factory(*, client_host: str = "127.0.0.1", **overrides: Any) -> Any:
         return running_client(
             make_settings(core_database_url, **overrides),
             sessionmaker=test_sessionmaker,
-            hooks=hooks,
             client_host=client_host,
         )
 

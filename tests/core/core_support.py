@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -11,11 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from chargeghar_core.app import create_app
 from chargeghar_core.auth.models import Role
-from chargeghar_core.iot.hooks import IotHooks
+from chargeghar_core.iot import event_writes
 from chargeghar_core.iot.recorder import FailureRecorder
+from chargeghar_core.iot.repository import ClaimResult, ProcessedEventRepository
+from chargeghar_core.iot.snapshots import SnapshotRepository
 from chargeghar_core.kit.db import get_db_session
+from chargeghar_core.rentals import station_events as rental_events
 from chargeghar_core.settings import (
     DatabaseSettings,
     HmacSettings,
@@ -104,12 +109,11 @@ async def running_client(
     settings: Settings,
     *,
     sessionmaker: async_sessionmaker[AsyncSession] | None = None,
-    hooks: IotHooks | None = None,
     client_host: str = "127.0.0.1",
 ) -> AsyncIterator[CoreClient]:
     """Start the app's lifespan; with ``sessionmaker`` every request session (and the failure recorder)
     uses it instead of the app's own engine."""
-    app = create_app(settings, hooks=hooks)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         if sessionmaker is not None:
             test_maker = sessionmaker
@@ -129,6 +133,31 @@ async def running_client(
         transport = httpx.ASGITransport(app=app, client=(client_host, 51000))
         async with httpx.AsyncClient(transport=transport, base_url="http://core.test") as http:
             yield CoreClient(app=app, http=http)
+
+
+def ask_rentals_always(monkeypatch: pytest.MonkeyPatch, **replacements: Any) -> None:
+    """Make every full / returned event go to the rentals domain (as if each bank it names had an open
+    rental) and replace the rentals functions the iot path calls (``reconcile_snapshot``,
+    ``complete_open_rental``, ``settle_command_result`` of ``chargeghar_core.rentals.station_events``)."""
+    claim = ProcessedEventRepository.claim_and_lock
+    claim_many = ProcessedEventRepository.claim_and_lock_many
+
+    async def claim_and_lock(self: ProcessedEventRepository, *args: Any, **kwargs: Any) -> ClaimResult:
+        return dataclasses.replace(await claim(self, *args, **kwargs), rented=None)
+
+    async def claim_and_lock_many(self: ProcessedEventRepository, *args: Any, **kwargs: Any) -> Any:
+        claimed, stations, _rented = await claim_many(self, *args, **kwargs)
+        return claimed, stations, None
+
+    monkeypatch.setattr(ProcessedEventRepository, "claim_and_lock", claim_and_lock)
+    monkeypatch.setattr(ProcessedEventRepository, "claim_and_lock_many", claim_and_lock_many)
+    # The one-statement snapshot path checks for open rentals itself: off, so snapshots reach the rentals.
+    monkeypatch.setattr(SnapshotRepository, "set_based", False)
+    # Likewise a single return, which otherwise looks for its bank's open rental inside its own statement.
+    monkeypatch.setattr(event_writes, "RETURNS_PROBE_RENTALS", False)
+    for name, replacement in replacements.items():
+        assert hasattr(rental_events, name), name
+        monkeypatch.setattr(rental_events, name, replacement)
 
 
 class StatementCounter:

@@ -9,11 +9,18 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import pytest
-from chargeghar_core.iot.hooks import IotHooks, NoOpenRentals
 from chargeghar_core.kit.db import create_engine
 from chargeghar_core.settings import DatabaseSettings
 from chargeghar_core.stations.models import Station, StationStatusHistory, SyncLog
-from core_support import full_event, make_settings, new_bank_serial, new_imei, running_client, status_event
+from core_support import (
+    ask_rentals_always,
+    full_event,
+    make_settings,
+    new_bank_serial,
+    new_imei,
+    running_client,
+    status_event,
+)
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,26 +32,28 @@ async def committed_engine(committed_database_url: str) -> AsyncIterator[AsyncEn
     await engine.dispose()
 
 
-class _FailAfterWriting(NoOpenRentals):
-    async def reconcile_snapshot(
-        self,
-        session: object,
-        *,
-        station_id: uuid.UUID,
-        bank_serials: Sequence[str],
-        observed_at: datetime,
-        event_key: str,
-    ) -> int:
-        raise RuntimeError("simulated failure after the station was written")
+async def _fail_after_writing(
+    session: object,
+    settings: object,
+    currency: str,
+    *,
+    station_id: uuid.UUID,
+    bank_serials: Sequence[str],
+    observed_at: datetime,
+    event_key: str,
+) -> int:
+    """The rentals step of a snapshot fails (after the event created and locked its station)."""
+    raise RuntimeError("simulated failure after the station was written")
 
 
 async def test_failed_event_is_rolled_back_but_its_failed_sync_log_row_is_kept(
-    committed_database_url: str, committed_engine: AsyncEngine
+    committed_database_url: str, committed_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imei = new_imei()
     event_id = uuid.uuid4().hex
     settings = make_settings(committed_database_url)
-    async with running_client(settings, hooks=IotHooks(snapshot_returns=_FailAfterWriting())) as client:
+    ask_rentals_always(monkeypatch, reconcile_snapshot=_fail_after_writing)
+    async with running_client(settings) as client:
         response = await client.sync(full_event(imei, {1: new_bank_serial(), 2: None}), event_id=event_id)
 
     assert response.status_code == 500 and response.json()["error"] == "SYNC_ERROR"
@@ -67,15 +76,16 @@ async def test_failed_event_is_rolled_back_but_its_failed_sync_log_row_is_kept(
 
 
 async def test_failed_event_of_a_known_station_is_logged_against_it(
-    committed_database_url: str, committed_engine: AsyncEngine
+    committed_database_url: str, committed_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imei = new_imei()
     settings = make_settings(committed_database_url)
     async with running_client(settings) as client:
         created = await client.sync(status_event(imei, "ONLINE"))
     event_id = uuid.uuid4().hex
-    async with running_client(settings, hooks=IotHooks(snapshot_returns=_FailAfterWriting())) as client:
-        failed = await client.sync(full_event(imei, {1: None}), event_id=event_id)
+    ask_rentals_always(monkeypatch, reconcile_snapshot=_fail_after_writing)
+    async with running_client(settings) as client:
+        failed = await client.sync(full_event(imei, {1: new_bank_serial()}), event_id=event_id)
     assert failed.status_code == 500
     async with committed_engine.connect() as connection:
         station_id = await connection.scalar(select(SyncLog.station_id).where(SyncLog.event_id == event_id))

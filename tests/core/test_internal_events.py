@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from chargeghar_core.iot.endpoints import failure_answer
-from chargeghar_core.iot.hooks import IotHooks, NoOpenRentals, RentalReturnOutcome, ReturnContext
 from chargeghar_core.kit.errors import ValidationFailed
 from chargeghar_core.kit.ratelimit import InProcessRateLimiter, RedisRateLimiter
 from chargeghar_core.powerbanks.models import PowerBank
+from chargeghar_core.rentals.station_events import RentalReturnOutcome, ReturnContext
 from chargeghar_core.settings import InternalSettings, RedisSettings
 from chargeghar_core.stations.models import Station, StationSlot, StationStatusHistory, SyncLog
 from core_support import (
@@ -22,6 +22,7 @@ from core_support import (
     INTERNAL_DATA,
     CoreClient,
     StatementCounter,
+    ask_rentals_always,
     full_event,
     new_bank_serial,
     new_imei,
@@ -128,15 +129,15 @@ async def test_return_to_unknown_station_or_slot_is_400_and_logged(
     assert logs == ["FAILED"]
 
 
-class _RentalDesk(NoOpenRentals):
-    """Stands in for the rentals domain: one open rental for one bank."""
+class _RentalDesk:
+    """Stands in for the rentals domain's station-event functions: one open rental for one bank."""
 
     def __init__(self, open_for: str) -> None:
         self.open_for = open_for
         self.completed: list[ReturnContext] = []
 
     async def complete_open_rental(
-        self, session: AsyncSession, context: ReturnContext
+        self, session: AsyncSession, settings: object, currency: str, context: ReturnContext
     ) -> RentalReturnOutcome | None:
         if context.power_bank_serial != self.open_for or self.completed:
             return None
@@ -146,6 +147,8 @@ class _RentalDesk(NoOpenRentals):
     async def reconcile_snapshot(
         self,
         session: AsyncSession,
+        settings: object,
+        currency: str,
         *,
         station_id: uuid.UUID,
         bank_serials: Sequence[str],
@@ -155,12 +158,17 @@ class _RentalDesk(NoOpenRentals):
         return 1 if self.open_for in bank_serials else 0
 
 
-async def test_return_with_an_open_rental_goes_through_the_return_hook(
-    client_factory: ClientFactory, session: AsyncSession
+async def test_return_with_an_open_rental_goes_through_the_rentals_service(
+    client_factory: ClientFactory, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bank = new_bank_serial()
     desk = _RentalDesk(open_for=bank)
-    async with client_factory(hooks=IotHooks(returns=desk, snapshot_returns=desk)) as client:
+    ask_rentals_always(
+        monkeypatch,
+        complete_open_rental=desk.complete_open_rental,
+        reconcile_snapshot=desk.reconcile_snapshot,
+    )
+    async with client_factory() as client:
         imei = new_imei()
         first = await client.sync(full_event(imei, {1: None, 2: bank}))
         assert first.json()["data"]["returns_reconciled"] == 1
@@ -313,27 +321,18 @@ async def test_command_audit_is_recorded_in_the_sync_log_and_shown_to_staff(
 # ------------------------------------------------------------------------------------------- failures
 
 
-class _ExplodingReconciler(NoOpenRentals):
-    """Fails after the station row was created and banks written: everything must roll back."""
-
-    async def reconcile_snapshot(
-        self,
-        session: AsyncSession,
-        *,
-        station_id: uuid.UUID,
-        bank_serials: Sequence[str],
-        observed_at: datetime,
-        event_key: str,
-    ) -> int:
-        raise RuntimeError("rentals database on fire")
+async def _exploding_reconcile(session: AsyncSession, settings: object, currency: str, **kwargs: Any) -> int:
+    """The rentals step of a snapshot fails after the station row was created: everything must roll back."""
+    raise RuntimeError("rentals database on fire")
 
 
 async def test_failing_event_answers_500_sync_error_and_rolls_back(
-    client_factory: ClientFactory, session: AsyncSession
+    client_factory: ClientFactory, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imei = new_imei()
     event_id = uuid.uuid4().hex
-    async with client_factory(hooks=IotHooks(snapshot_returns=_ExplodingReconciler())) as client:
+    ask_rentals_always(monkeypatch, reconcile_snapshot=_exploding_reconcile)
+    async with client_factory() as client:
         response = await client.sync(full_event(imei, {1: new_bank_serial()}), event_id=event_id)
         retry_ok = await client.sync(status_event(imei, "ONLINE"), event_id=event_id)
 
@@ -353,18 +352,20 @@ async def test_failing_event_answers_500_sync_error_and_rolls_back(
 
 
 async def test_batch_is_all_or_nothing_per_event_with_results_in_order(
-    client_factory: ClientFactory, session: AsyncSession
+    client_factory: ClientFactory, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good_imei, bad_imei = new_imei(), new_imei()
     good_bank = new_bank_serial()
-    exploding = _ExplodingReconciler()
 
-    class _FailForOneStation(NoOpenRentals):
-        async def reconcile_snapshot(self, session: AsyncSession, **kwargs: Any) -> int:
-            station = await session.get(Station, kwargs["station_id"])
-            if station is not None and station.imei == bad_imei:
-                await exploding.reconcile_snapshot(session, **kwargs)
-            return 0
+    async def fail_for_one_station(
+        session: AsyncSession, settings: object, currency: str, **kwargs: Any
+    ) -> int:
+        station = await session.get(Station, kwargs["station_id"])
+        if station is not None and station.imei == bad_imei:
+            await _exploding_reconcile(session, settings, currency, **kwargs)
+        return 0
+
+    ask_rentals_always(monkeypatch, reconcile_snapshot=fail_for_one_station)
 
     events = [
         {**status_event(good_imei, "ONLINE"), "event_id": "e-1"},
@@ -373,7 +374,7 @@ async def test_batch_is_all_or_nothing_per_event_with_results_in_order(
         {**full_event(good_imei, {1: good_bank, 2: None}), "event_id": "e-4"},
         {**status_event(good_imei, "ONLINE"), "event_id": "e-1"},
     ]
-    async with client_factory(hooks=IotHooks(snapshot_returns=_FailForOneStation())) as client:
+    async with client_factory() as client:
         response = await client.post_signed(INTERNAL_BATCH, {"events": events})
 
     assert response.status_code == 200, response.text
@@ -402,18 +403,21 @@ async def test_batch_is_all_or_nothing_per_event_with_results_in_order(
 
 
 async def test_batch_holds_back_a_station_after_its_retryable_failure(
-    client_factory: ClientFactory, session: AsyncSession
+    client_factory: ClientFactory, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A station's later events in a batch must not overtake one that failed and will be resent."""
     flaky_imei, steady_imei = new_imei(), new_imei()
     calls: list[str] = []
 
-    class _FailForOneEvent(NoOpenRentals):
-        async def reconcile_snapshot(self, session: AsyncSession, **kwargs: Any) -> int:
-            calls.append(kwargs["event_key"])
-            if kwargs["event_key"] == "h-2":
-                raise RuntimeError("transient")
-            return 0
+    async def fail_for_one_event(
+        session: AsyncSession, settings: object, currency: str, **kwargs: Any
+    ) -> int:
+        calls.append(kwargs["event_key"])
+        if kwargs["event_key"] == "h-2":
+            raise RuntimeError("transient")
+        return 0
+
+    ask_rentals_always(monkeypatch, reconcile_snapshot=fail_for_one_event)
 
     events = [
         {**full_event(flaky_imei, {1: new_bank_serial()}), "event_id": "h-1"},
@@ -423,7 +427,7 @@ async def test_batch_holds_back_a_station_after_its_retryable_failure(
         {**full_event(flaky_imei, {1: new_bank_serial()}), "event_id": "h-3"},
         {**status_event(flaky_imei, "ONLINE"), "event_id": "h-4"},
     ]
-    async with client_factory(hooks=IotHooks(snapshot_returns=_FailForOneEvent())) as client:
+    async with client_factory() as client:
         response = await client.post_signed(INTERNAL_BATCH, {"events": events})
         assert response.status_code == 200, response.text
         results = response.json()["data"]["results"]
@@ -534,11 +538,11 @@ async def test_full_sync_uses_a_constant_number_of_statements(
     small = await _count_full_sync(client, statement_counter, 4)
     large = await _count_full_sync(client, statement_counter, 24)
     assert small == large, statement_counter.statements
-    # Including the test's SAVEPOINT/RELEASE pair: PostgreSQL merges the writes with data-modifying CTEs.
-    # One of them claims the request's signature (replay protection independent of X-Event-Id). SQLite has
-    # no data-modifying CTEs: the claim, the bank conditions and their history are statements of their own.
+    # Including the test's SAVEPOINT/RELEASE pair: on PostgreSQL the station lock (inside a transaction the
+    # lock comes first) and ONE statement that claims, checks and writes everything (iot.snapshots); no
+    # rentals query when no bank has an open rental. SQLite runs the same steps one by one.
     postgres = client.app.state.settings.db.url.startswith("postgresql")
-    assert small <= (7 if postgres else 15), statement_counter.statements
+    assert small <= (4 if postgres else 15), statement_counter.statements
 
 
 # ------------------------------------------------------------------------------------------- rate limit / IP
@@ -620,19 +624,19 @@ async def test_ip_allow_list(client_factory: ClientFactory) -> None:
     assert accepted.status_code == 200
 
 
-class _BrokenRentalDesk(NoOpenRentals):
-    async def complete_open_rental(
-        self, session: AsyncSession, context: ReturnContext
-    ) -> RentalReturnOutcome | None:
-        raise RuntimeError("rentals unavailable")
+async def _broken_rental_desk(
+    session: AsyncSession, settings: object, currency: str, context: ReturnContext
+) -> RentalReturnOutcome | None:
+    raise RuntimeError("rentals unavailable")
 
 
 async def test_failing_return_answers_500_return_error(
-    client_factory: ClientFactory, session: AsyncSession
+    client_factory: ClientFactory, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imei = new_imei()
     bank = new_bank_serial()
-    async with client_factory(hooks=IotHooks(returns=_BrokenRentalDesk())) as client:
+    ask_rentals_always(monkeypatch, complete_open_rental=_broken_rental_desk)
+    async with client_factory() as client:
         await client.sync(full_event(imei, {1: None, 2: bank}))
         response = await client.sync(returned_event(imei, bank, 1))
     assert response.status_code == 500

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def test_production_refuses_placeholder_secrets(
     monkeypatch.setenv("CORE_ENVIRONMENT", "production")
     monkeypatch.setenv("CORE_JWT__SECRET", jwt_secret)
     monkeypatch.setenv("CORE_HMAC__SECRET", hmac_secret)
+    monkeypatch.setenv("CORE_PAYMENTS__SANDBOX_ENABLED", "false")
     with pytest.raises(ValidationError, match="must be set to a real secret"):
         Settings()
 
@@ -52,6 +54,8 @@ def test_production_accepts_real_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CORE_ENVIRONMENT", "production")
     monkeypatch.setenv("CORE_JWT__SECRET", REAL_SECRET)
     monkeypatch.setenv("CORE_HMAC__SECRET", REAL_SECRET + "y")
+    # Payments are a nested group of core's settings: production refuses the sandbox provider.
+    monkeypatch.setenv("CORE_PAYMENTS__SANDBOX_ENABLED", "false")
     settings = Settings()
     assert settings.json_logs is True
 
@@ -91,11 +95,35 @@ def test_cli_creates_an_account_and_migrates(
             ["create-admin", "--email", "boss@example.com", "--password", "long-enough"]
         )
         assert again.func(again) == 1
+        lock = parser.parse_args(["set-account-status", "--email", "Boss@example.com", "--inactive"])
+        assert lock.func(lock) == 0
+        assert asyncio.run(_is_active(get_settings(), "boss@example.com")) is False
+        unlock = parser.parse_args(["set-account-status", "--email", "boss@example.com", "--active"])
+        assert unlock.func(unlock) == 0
+        assert asyncio.run(_is_active(get_settings(), "boss@example.com")) is True
+        nobody = parser.parse_args(["set-account-status", "--email", "nobody@example.com", "--active"])
+        assert nobody.func(nobody) == 1
     finally:
         get_settings.cache_clear()
     output = capsys.readouterr()
     assert "created admin account Boss@Example.com" in output.out
     assert "exists already" in output.err
+    assert "admin account Boss@example.com is now inactive" in output.out
+    assert "no account nobody@example.com" in output.err
+
+
+async def _is_active(settings: Settings, email: str) -> bool:
+    from chargeghar_core.auth.repository import UserRepository
+    from chargeghar_core.kit.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.db)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = await UserRepository(session).get_by_email(email)
+            assert user is not None
+            return bool(user.is_active)
+    finally:
+        await engine.dispose()
 
 
 def test_auto_migrate_defaults_to_development_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -167,6 +167,7 @@ def test_core_production_refuses_each_weak_secret(name: str, weak: str) -> None:
         "environment": "production",
         "jwt": {"secret": strong + "1"},
         "hmac": {"secret": strong + "2", "previous_secrets": [strong + "3"]},
+        "payments": {"sandbox_enabled": False},
     }
     Settings.model_validate(values)
     if name == "previous":

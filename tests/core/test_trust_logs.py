@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 async def test_failing_insert_logs_no_hash(
-    core_engine: AsyncEngine, core_database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_engine: AsyncEngine, core_database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging("INFO", json_logs=False)
     logger = structlog.get_logger("test")

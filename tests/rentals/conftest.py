@@ -20,45 +20,13 @@ from rentals_support import (
     running_fake_ingest,
     running_rentals_app,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 
 @pytest.fixture(scope="session")
 def rentals_database_url(database_url: str) -> str:
     """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
     return database_url
-
-
-@pytest.fixture(scope="session")
-async def rentals_engine(rentals_database_url: str) -> AsyncIterator[AsyncEngine]:
-    await migrate(DatabaseSettings(url=rentals_database_url))
-    engine = create_engine(DatabaseSettings(url=rentals_database_url))
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def db_connection(rentals_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with rentals_engine.connect() as connection:
-        outer = await connection.begin()
-        try:
-            yield connection
-        finally:
-            if outer.is_active:
-                await outer.rollback()
-
-
-@pytest.fixture
-def test_sessionmaker(db_connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(
-        bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
-    )
-
-
-@pytest.fixture
-async def session(test_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with test_sessionmaker() as test_session:
-        yield test_session
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from chargeghar_core.payments.wallet import WalletService
 from chargeghar_core.pricing.models import LateFeePolicy, RentalPackage
 from chargeghar_core.rentals.runtime import RentalRuntime
 from chargeghar_core.rentals.settings import PaymentSettings, RentalSettings
-from chargeghar_core.rentals.wiring import configure_rentals
 from chargeghar_core.renters.models import RenterProfile
 from chargeghar_core.settings import (
     DatabaseSettings,
@@ -207,8 +206,20 @@ async def running_fake_ingest() -> AsyncIterator[FakeIngest]:
 # --------------------------------------------------------------------------------------------- core app
 
 
-def core_settings(database_url: str) -> Settings:
+def core_settings(
+    database_url: str,
+    *,
+    rentals: RentalSettings | None = None,
+    payments: PaymentSettings | None = None,
+) -> Settings:
+    """Core's settings for the rental tests; ``rentals`` / ``payments``: the nested groups."""
+    groups: dict[str, Any] = {}
+    if rentals is not None:
+        groups["rentals"] = rentals
+    if payments is not None:
+        groups["payments"] = payments
     return Settings(
+        **groups,
         environment="test",
         log_level="WARNING",
         db=DatabaseSettings(url=database_url),
@@ -280,10 +291,10 @@ async def running_rentals_app(
 ) -> AsyncIterator[RentalsClient]:
     """The core app with the rentals domain; with ``sessionmaker`` every session (requests, popup tasks,
     event hooks) joins the test's rolled-back transaction."""
-    app = create_app(core_settings(database_url))
-    runtime = configure_rentals(
-        app, rental_settings=settings, payment_settings=payment_settings or PaymentSettings()
+    app = create_app(
+        core_settings(database_url, rentals=settings, payments=payment_settings or PaymentSettings())
     )
+    runtime: RentalRuntime = app.state.rentals
     if sessionmaker is not None:
         runtime.sessionmaker = sessionmaker
         test_maker = sessionmaker

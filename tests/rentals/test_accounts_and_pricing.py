@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from chargeghar_core.audit.models import StaffAuditEntry
 from chargeghar_core.auth.models import Role
 from chargeghar_core.rentals.settings import PaymentSettings
 from pydantic import ValidationError
@@ -65,7 +66,7 @@ async def test_register_login_refresh_and_profile(client: RentalsClient) -> None
     assert staff_login.status_code == 401, "renters never get into the staff API"
 
 
-async def test_phone_only_signup_and_suspension(client: RentalsClient) -> None:
+async def test_phone_only_signup_and_suspension(client: RentalsClient, session: AsyncSession) -> None:
     http = client.http
     registered = await http.post(
         "/api/renters/register", json={"phone": "9800000002", "password": "long-enough"}
@@ -90,6 +91,12 @@ async def test_phone_only_signup_and_suspension(client: RentalsClient) -> None:
         headers=client.staff_headers(Role.SERVICE),
     )
     assert forbidden.status_code == 403
+    audit = (
+        await session.scalars(select(StaffAuditEntry).where(StaffAuditEntry.target_id == renter["id"]))
+    ).all()
+    assert [(row.action, row.details) for row in audit] == [
+        ("renter.status", {"status_before": "ACTIVE", "status": "SUSPENDED", "reason": "chargeback"})
+    ]
 
 
 async def test_admin_manages_packages_policies_and_station_discounts(

@@ -214,6 +214,63 @@ async def test_station_configuration_and_device_decisions_are_audited(
         assert actions == ["device.register", "device.revoke"]
 
 
+async def test_pricing_and_model_changes_through_the_api_are_audited_like_the_consoles(
+    client: RentalsClient, session: AsyncSession
+) -> None:
+    """The audit rows are written by the services both the API and the console call (one rule, one row)."""
+    admin = client.staff_headers(Role.ADMIN)
+    policy = await client.http.post(
+        "/api/admin/late-fee-policies",
+        json={
+            "name": "Audit policy",
+            "rate_multiplier_bp": 10000,
+            "grace_minutes": 5,
+            "daily_cap_paisa": 100,
+        },
+        headers=admin,
+    )
+    assert policy.status_code == 201, policy.text
+    policy_id = policy.json()["data"]["id"]
+    package = await client.http.post(
+        "/api/admin/packages",
+        json={
+            "name": "Audit hour",
+            "duration_minutes": 60,
+            "price_paisa": 4000,
+            "late_fee_policy_id": policy_id,
+        },
+        headers=admin,
+    )
+    assert package.status_code == 201, package.text
+    package_id = package.json()["data"]["id"]
+    patched = await client.http.patch(
+        f"/api/admin/packages/{package_id}", json={"price_paisa": 4500}, headers=admin
+    )
+    assert patched.status_code == 200, patched.text
+    prefix = "AU" + uuid.uuid4().hex[:6].upper()
+    model = await client.http.post(
+        "/api/admin/powerbank-models",
+        json={"serial_prefix": prefix, "model": "AUDIT", "capacity_mah": 10000},
+        headers=admin,
+    )
+    assert model.status_code == 201, model.text
+    taken = await client.http.post(
+        "/api/admin/powerbank-models",
+        json={"serial_prefix": prefix, "model": "AUDIT", "capacity_mah": 10000},
+        headers=admin,
+    )
+    assert taken.status_code == 409 and taken.json()["error"] == "PREFIX_TAKEN"
+    assert [row.action for row in await _audit(session, target_id=policy_id)] == ["late_fee_policy.create"]
+    package_rows = await _audit(session, target_id=package_id)
+    assert [(row.action, row.details) for row in package_rows][1] == ("package.update", {"price_paisa": 4500})
+    assert [row.action for row in package_rows] == ["package.create", "package.update"]
+    model_rows = await _audit(session, target_id=model.json()["data"]["id"])
+    assert [(row.action, row.details["serial_prefix"]) for row in model_rows] == [
+        ("powerbank_model.create", prefix)
+    ]
+    assert all(row.actor_role == "admin" for row in package_rows + model_rows)
+
+
 # --------------------------------------------------------------------------------------------- power banks
 
 

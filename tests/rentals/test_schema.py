@@ -30,12 +30,12 @@ def _table_of(diff: Any) -> str | None:
     return None
 
 
-async def test_migration_matches_the_models(rentals_engine: AsyncEngine) -> None:
+async def test_migration_matches_the_models(migrated_engine: AsyncEngine) -> None:
     def compare(connection: Any) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
 
-    async with rentals_engine.connect() as connection:
+    async with migrated_engine.connect() as connection:
         diffs = await connection.run_sync(compare)
     ours = [diff for diff in diffs if _table_of(diff) in OUR_TABLES]
     assert ours == []

@@ -12,16 +12,17 @@ import httpx
 import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chargeghar_core import health
 from chargeghar_core.audit.endpoints import router as audit_router
 from chargeghar_core.auth.endpoints import router as auth_router
 from chargeghar_core.auth.throttling import login_throttle
 from chargeghar_core.auth.tokens import TokenService
+from chargeghar_core.console import install_console
 from chargeghar_core.devices.endpoints import admin_router as devices_admin_router
 from chargeghar_core.devices.endpoints import internal_router as devices_internal_router
 from chargeghar_core.iot.endpoints import router as iot_router
-from chargeghar_core.iot.hooks import IotHooks
 from chargeghar_core.iot.recorder import FailureRecorder
 from chargeghar_core.iot.retention import RetentionJob
 from chargeghar_core.iot.security import InternalGate
@@ -40,9 +41,21 @@ from chargeghar_core.kit.ratelimit import (
 )
 from chargeghar_core.notifications.runtime import start_notifications, stop_notifications
 from chargeghar_core.operations.endpoints import router as operations_router
+from chargeghar_core.payments.endpoints import admin_router as payments_admin_router
+from chargeghar_core.payments.endpoints import router as payments_router
+from chargeghar_core.payments.jobs import PaymentJobs
+from chargeghar_core.payments.providers import build_providers
 from chargeghar_core.powerbanks.endpoints import router as powerbanks_router
 from chargeghar_core.powerbanks.service import ModelCatalog
-from chargeghar_core.rentals.wiring import install_rentals
+from chargeghar_core.pricing.endpoints import admin_router as pricing_admin_router
+from chargeghar_core.pricing.endpoints import router as pricing_router
+from chargeghar_core.rentals.device_commands import IngestCommandClient
+from chargeghar_core.rentals.endpoints import admin_router as rentals_admin_router
+from chargeghar_core.rentals.endpoints import router as rentals_router
+from chargeghar_core.rentals.jobs import RentalJobs, stop
+from chargeghar_core.rentals.runtime import RentalRuntime
+from chargeghar_core.renters.endpoints import admin_router as renters_admin_router
+from chargeghar_core.renters.endpoints import router as renters_router
 from chargeghar_core.reports.endpoints import router as reports_router
 from chargeghar_core.reports.metrics import router as metrics_router
 from chargeghar_core.settings import Settings, get_settings
@@ -52,6 +65,8 @@ from chargeghar_core.stations.endpoints import router as stations_router
 logger = structlog.get_logger(__name__)
 
 INTERNAL_PREFIXES = ("/api/internal/",)
+# How long shutdown waits for popup settlements still running after their request answered.
+DRAIN_TIMEOUT_S = 10.0
 
 API_DESCRIPTION = """\
 Every answer is an envelope: `{"success": true, "message": "...", "data": {...}}`, or on error
@@ -100,7 +115,7 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, json_logs=settings.json_logs)
 
@@ -148,10 +163,14 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
             if settings.retention.enabled
             else None
         )
+        rental_tasks = _start_rentals(app, settings, sessionmaker, http_client)
         logger.info("core_started", environment=settings.environment, database=engine.dialect.name)
         try:
             yield
         finally:
+            for task in rental_tasks:
+                await stop(task)
+            await app.state.rentals.drain(DRAIN_TIMEOUT_S)
             await stop_notifications(app)
             if retention_task is not None:
                 retention_task.cancel()
@@ -179,7 +198,10 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.state.settings = settings
     app.state.tokens = TokenService(settings.jwt)
     app.state.login_throttle = login_throttle(settings)  # the lifespan shares it through Redis when set
-    app.state.iot_hooks = hooks or IotHooks()
+    # The rentals domain's long-lived parts: settings now; sessions, the device-command client and the
+    # payment providers when the lifespan starts (each only when not set already, e.g. by a test).
+    app.state.rentals = RentalRuntime(settings=settings.rentals, payment_settings=settings.payments)
+    app.state.payment_providers = None
     app.state.model_catalog = ModelCatalog()
     install_error_handlers(app)
     # NUL / surrogates / deep JSON refused with a 400 before any endpoint. The internal endpoints check
@@ -203,9 +225,58 @@ def create_app(settings: Settings | None = None, *, hooks: IotHooks | None = Non
     app.include_router(devices_internal_router)
     app.include_router(audit_router)
     app.include_router(operations_router)
-    # Renters, pricing, payments, rentals: routers, station-event hooks (unless given), jobs in the lifespan.
-    install_rentals(app, install_hooks=hooks is None)
+    # Renters, pricing, payments, rentals (their jobs run in the lifespan; station events call them directly).
+    for router in (
+        renters_router,
+        renters_admin_router,
+        pricing_router,
+        pricing_admin_router,
+        payments_router,
+        payments_admin_router,
+        rentals_router,
+        rentals_admin_router,
+    ):
+        app.include_router(router)
+    # The operator console (/console): server-rendered pages over the same services as the API.
+    if settings.console.enabled:
+        install_console(app)
     install_openapi(app, internal_prefixes=INTERNAL_PREFIXES)
     if settings.docs_enabled:
         serve_docs_locally(app, openapi_url=openapi_url)
     return app
+
+
+def _start_rentals(
+    app: FastAPI,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    http_client: httpx.AsyncClient,
+) -> list[asyncio.Task[None]]:
+    """Complete the rentals runtime (what is not set already) and start the rental and payment jobs."""
+    runtime: RentalRuntime = app.state.rentals
+    rentals = runtime.settings
+    if runtime.sessionmaker is None:
+        runtime.sessionmaker = sessionmaker
+    if runtime.commands is None:
+        token = rentals.ingest_service_token
+        runtime.commands = IngestCommandClient(
+            http_client,
+            base_url=rentals.ingest_url,
+            hmac_secret=settings.hmac.secret.get_secret_value(),
+            service_token=token.get_secret_value() if token is not None else None,
+            http_margin_s=rentals.http_margin_s,
+            busy_retry_s=rentals.busy_retry_s,
+        )
+    if app.state.payment_providers is None:
+        app.state.payment_providers = build_providers(runtime.payment_settings, http_client)
+    tasks: list[asyncio.Task[None]] = []
+    if rentals.jobs_enabled:
+        tasks.append(asyncio.create_task(RentalJobs(runtime).run_forever(), name="rental-jobs"))
+        if runtime.payment_settings.payment_jobs_enabled:
+            payment_jobs = PaymentJobs(
+                runtime.sessions(), app.state.payment_providers, runtime.payment_settings
+            )
+            tasks.append(asyncio.create_task(payment_jobs.run_forever(), name="payment-jobs"))
+    # Stopped in reverse order of start (payment jobs first, as before).
+    tasks.reverse()
+    return tasks

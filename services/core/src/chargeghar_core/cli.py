@@ -2,6 +2,8 @@
 
 - ``chargeghar create-admin --email E [--password P] [--role admin|staff]``
 - ``chargeghar create-service-account --email E [--password P]`` (the ingest's login)
+- ``chargeghar set-account-status --email E --inactive|--active``: lock a staff member out (their console
+  sessions and tokens stop working at the next request) or let them back in
 - ``chargeghar core-migrate [--revision head]``
 - ``chargeghar core-serve [--host H] [--port N] [--workers N] [--migrate]``
 - ``chargeghar bootstrap-accounts [--migrate]``: the deployment's one-shot job; creates the admin and the
@@ -41,6 +43,15 @@ def register(subparsers: Any) -> None:
     service.add_argument("--password")
     service.add_argument("--full-name", default="ingest service")
     service.set_defaults(func=_create_service_account)
+
+    status = subparsers.add_parser(
+        "set-account-status", help="Deactivate (or reactivate) an account: it is refused at its next request"
+    )
+    status.add_argument("--email", required=True)
+    which = status.add_mutually_exclusive_group(required=True)
+    which.add_argument("--inactive", dest="active", action="store_false")
+    which.add_argument("--active", dest="active", action="store_true")
+    status.set_defaults(func=_set_account_status)
 
     migrate = subparsers.add_parser("core-migrate", help="Migrate core's database (alembic upgrade)")
     migrate.add_argument("--revision", default="head")
@@ -108,6 +119,36 @@ def _create_account(args: argparse.Namespace, role: Role) -> int:
         return 1
     print(f"created {role.value} account {args.email} ({user_id})")
     return 0
+
+
+def _set_account_status(args: argparse.Namespace) -> int:
+    from chargeghar_core.settings import get_settings
+
+    settings = get_settings()
+    changed = asyncio.run(_update_account_status(settings, str(args.email), bool(args.active)))
+    if changed is None:
+        print(f"no account {args.email}", file=sys.stderr)
+        return 1
+    print(f"{changed} account {args.email} is now {'active' if args.active else 'inactive'}")
+    return 0
+
+
+async def _update_account_status(settings: Settings, email: str, active: bool) -> str | None:
+    """The account's role when found (and updated), else None."""
+    from chargeghar_core.auth.repository import UserRepository
+    from chargeghar_core.kit.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.db)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = await UserRepository(session).get_by_email(email.strip().lower())
+            if user is None:
+                return None
+            user.is_active = active
+            await session.commit()
+            return str(user.role)
+    finally:
+        await engine.dispose()
 
 
 # Values of the shipped env examples; an account must never be created with one of them.

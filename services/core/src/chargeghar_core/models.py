@@ -2,6 +2,7 @@
 
 from chargeghar_core.audit.models import StaffAuditEntry
 from chargeghar_core.auth.models import UsedRefreshToken, User
+from chargeghar_core.console.models import ConsoleSession
 from chargeghar_core.devices.models import Device
 from chargeghar_core.iot.models import ProcessedEvent
 from chargeghar_core.kit.db import Base
@@ -15,6 +16,7 @@ from chargeghar_core.stations.models import Station, StationSlot, StationStatusH
 
 __all__ = [
     "Base",
+    "ConsoleSession",
     "Device",
     "LateFeePolicy",
     "LedgerEntry",

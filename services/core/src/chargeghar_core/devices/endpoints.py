@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 
-from chargeghar_core.audit.service import record_staff_action
 from chargeghar_core.auth.dependencies import InternalCaller, StaffUser
 from chargeghar_core.devices.models import DeviceStatus
 from chargeghar_core.devices.repository import DeviceRepository
@@ -62,15 +61,6 @@ async def list_devices(
 )
 async def register_device(body: DeviceRegister, staff: StaffUser, session: DbSession) -> Envelope[DeviceView]:
     device = await DeviceRegistry(session).register(body.imei, body.note, staff)
-    await record_staff_action(
-        session,
-        actor=staff,
-        action="device.register",
-        target_type="device",
-        target_id=device.imei,
-        details={"note": body.note, "status": device.status},
-        outcome="applied",
-    )
     return Envelope(message="Device registered", data=DeviceView.model_validate(device))
 
 
@@ -84,15 +74,6 @@ async def approve_device(
     imei: ImeiPath, staff: StaffUser, session: DbSession, body: DeviceDecision | None = None
 ) -> Envelope[DeviceView]:
     device = await DeviceRegistry(session).approve(imei, body.note if body else None, staff)
-    await record_staff_action(
-        session,
-        actor=staff,
-        action="device.approve",
-        target_type="device",
-        target_id=device.imei,
-        details={"note": body.note if body else None, "status": device.status},
-        outcome="applied",
-    )
     return Envelope(message="Device approved", data=DeviceView.model_validate(device))
 
 
@@ -106,15 +87,6 @@ async def revoke_device(
     imei: ImeiPath, staff: StaffUser, session: DbSession, body: DeviceDecision | None = None
 ) -> Envelope[DeviceView]:
     device = await DeviceRegistry(session).revoke(imei, body.note if body else None, staff)
-    await record_staff_action(
-        session,
-        actor=staff,
-        action="device.revoke",
-        target_type="device",
-        target_id=device.imei,
-        details={"note": body.note if body else None, "status": device.status},
-        outcome="applied",
-    )
     return Envelope(message="Device revoked", data=DeviceView.model_validate(device))
 
 

@@ -1,7 +1,8 @@
 """Decisions about devices: the ingest's check-in at connect, and the admin's register/approve/revoke.
 
-Every admin decision is audited as a log line naming the actor (``device.approved`` / ``device.revoked`` /
-``device.registered``), and the row keeps who decided and when.
+Every admin decision writes a staff-audit row (``device.register`` / ``device.approve`` /
+``device.revoke``, in the caller's transaction, for the admin API and the console alike) and a log line naming
+the actor; the row keeps who decided and when.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chargeghar_core.audit.service import record_staff_action
 from chargeghar_core.auth.tokens import TokenClaims
 from chargeghar_core.devices.models import Device, DeviceStatus
 from chargeghar_core.devices.repository import DeviceRepository
@@ -64,6 +66,7 @@ class DeviceRegistry:
         device.note = note
         await self.session.flush()
         logger.info("device.registered", imei=imei, actor_id=str(actor.user_id), actor=actor.email, note=note)
+        await self._audit("device.register", device, note, actor)
         return device
 
     async def approve(self, imei: str, note: str | None, actor: TokenClaims) -> Device:
@@ -71,6 +74,7 @@ class DeviceRegistry:
         self._approve(device, actor, note=note)
         await self.session.flush()
         logger.info("device.approved", imei=imei, actor_id=str(actor.user_id), actor=actor.email, note=note)
+        await self._audit("device.approve", device, note, actor)
         return device
 
     async def revoke(self, imei: str, note: str | None, actor: TokenClaims) -> Device:
@@ -82,7 +86,19 @@ class DeviceRegistry:
             device.note = note
         await self.session.flush()
         logger.warning("device.revoked", imei=imei, actor_id=str(actor.user_id), actor=actor.email, note=note)
+        await self._audit("device.revoke", device, note, actor)
         return device
+
+    async def _audit(self, action: str, device: Device, note: str | None, actor: TokenClaims) -> None:
+        await record_staff_action(
+            self.session,
+            actor=actor,
+            action=action,
+            target_type="device",
+            target_id=device.imei,
+            details={"note": note, "status": device.status},
+            outcome="applied",
+        )
 
     async def _existing(self, imei: str) -> Device:
         device = await self.devices.get(imei, for_update=True)

@@ -46,6 +46,7 @@ from chargeghar_core.iot.service import (
     StationEventProcessor,
     failure_log_entry,
 )
+from chargeghar_core.iot.snapshots import SnapshotRepository
 from chargeghar_core.kit.db import DbSession, utcnow
 from chargeghar_core.kit.errors import (
     CoreError,
@@ -85,7 +86,7 @@ def _recorder(request: Request) -> FailureRecorder:
 
 
 def _processor(request: Request, session: AsyncSession) -> StationEventProcessor:
-    return StationEventProcessor(session, request.app.state.iot_hooks, request.app.state.model_catalog)
+    return StationEventProcessor(session, request.app.state.rentals, request.app.state.model_catalog)
 
 
 class _ParseFailure(CoreError):
@@ -322,7 +323,9 @@ async def station_data_batch(request: Request, caller: InternalCaller, session: 
     processor = _processor(request, session)
     limits = EventLimits.of(request, received_at)
     items = [_BatchItem.parse(index, raw, signature, limits, started) for index, raw in enumerate(events)]
-    results = await _apply_batch_at_once(session, processor, items)
+    results = await _apply_batch_set_based(session, processor, items)
+    if results is None:
+        results = await _apply_batch_at_once(session, processor, items)
     if results is None:
         results = await _apply_batch_event_by_event(session, processor, items)
     return JSONResponse(
@@ -361,6 +364,41 @@ class _BatchItem:
 
 class _BatchEventFailed(Exception):
     """Ends the one-savepoint pass of a batch: an event failed, so the batch is redone event by event."""
+
+
+class _NotSetBased(Exception):
+    """Ends the set-based pass of a batch without keeping anything it wrote (its savepoint rolls back)."""
+
+
+async def _apply_batch_set_based(
+    session: AsyncSession, processor: StationEventProcessor, items: list[_BatchItem]
+) -> list[dict[str, Any]] | None:
+    """The commonest batch, full snapshots of distinct stations, applied set-based (PostgreSQL): the
+    stations locked by one statement and every snapshot applied by one more, whatever the batch's size.
+
+    None (nothing kept) when the batch holds anything else or any snapshot needs the general path (a new
+    station, a stale or repeated snapshot, a bank out on a rental, a failure): the caller goes on with the
+    passes below, so the per-event all-or-nothing rule holds either way."""
+    if not SnapshotRepository(session).available:
+        return None
+    if any(item.event is None or item.parse_failure is not None for item in items):
+        return None
+    parsed = [(item.event, item.context) for item in items if item.event is not None]
+    if not all(isinstance(event, FullEvent) for event, _ in parsed):
+        return None
+    try:
+        async with session.begin_nested():
+            try:
+                outcomes = await processor.apply_snapshots_at_once(parsed)
+            except Exception as exc:
+                raise _NotSetBased from exc
+            if outcomes is None:
+                raise _NotSetBased
+    except _NotSetBased as failed:
+        if failed.__cause__ is not None:
+            logger.info("batch_not_set_based", cause=repr(failed.__cause__))
+        return None
+    return [_success_item(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
 
 
 async def _apply_batch_at_once(

@@ -1,9 +1,9 @@
 """Queries of the iot domain: idempotency claims (with the station lock), the sync-log rows of handled
-events, and the set-based writes of a full snapshot (merged into two statements on PostgreSQL)."""
+events, and the step-by-step writes of a full snapshot (SQLite, and PostgreSQL's general path; the
+one-statement path of PostgreSQL is ``iot.snapshots``)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,18 +11,34 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, column, delete, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    String,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    column,
+    delete,
+    exists,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from chargeghar_core.iot.models import ProcessedEvent
-from chargeghar_core.kit.db import dialect_name, insert_for_dialect, table_of
-from chargeghar_core.powerbanks.repository import (
-    PG_BANK_UPSERT_CTES,
-    BankObservation,
-    BankWritten,
-    PowerBankRepository,
-    pg_bank_params,
-)
+from chargeghar_core.kit.db import UTCDateTime, dialect_name, insert_for_dialect, table_of
+from chargeghar_core.powerbanks.models import PowerBank
+from chargeghar_core.powerbanks.repository import BankObservation, BankWritten, PowerBankRepository
+from chargeghar_core.rentals.models import OPEN_STATUSES, Rental
 from chargeghar_core.stations.models import Station, SyncLog
 from chargeghar_core.stations.repository import SlotObservation, StationRepository
 
@@ -54,107 +70,170 @@ def _claim(dialect: str) -> Any:
 
 @lru_cache(maxsize=1)
 def _complete() -> Any:
+    """An event's stored result (what a duplicate is answered)."""
     table = table_of(ProcessedEvent)
     return (
         update(table)
         .where(table.c.event_key == bindparam("key"))
-        .values(outcome=bindparam("outcome"), station_id=bindparam("station_id"), result=bindparam("result"))
+        .values(
+            outcome=bindparam("outcome"),
+            station_id=bindparam("result_station_id"),
+            result=bindparam("result"),
+        )
+    )
+
+
+@lru_cache(maxsize=4)
+def _sync_log_insert(dialect: str) -> Any:
+    """One sync-log row. The payload arrives already serialised (the event as received) and is stored
+    without a decode/encode round: bound as text, cast to JSONB on PostgreSQL (SQLite keeps JSON as text)."""
+    table = table_of(SyncLog)
+    payload: Any = bindparam("log_payload", type_=String())
+    if dialect == "postgresql":
+        payload = cast(payload, JSONB)
+    return table.insert().values(
+        id=bindparam("log_id"),
+        station_id=bindparam("log_station_id"),
+        station_key=bindparam("log_station_key"),
+        event_type=bindparam("log_event_type"),
+        event_id=bindparam("log_event_id"),
+        outcome=bindparam("log_outcome"),
+        payload=payload,
+        error=None,
+        duration_ms=bindparam("log_duration_ms"),
+        created_at=bindparam("log_created_at"),
     )
 
 
 @lru_cache(maxsize=1)
-def _sync_log_insert() -> Any:
-    table = table_of(SyncLog)
-    # The payload is bound as text: SQLite stores JSON as text anyway, and it is already serialised.
-    return table.insert().values(
-        id=bindparam("log_id"),
-        station_id=bindparam("station_id"),
-        station_key=bindparam("station_key"),
-        event_type=bindparam("event_type"),
-        event_id=bindparam("event_id"),
-        outcome=bindparam("log_outcome"),
-        payload=bindparam("payload", type_=String()),
-        error=None,
-        duration_ms=bindparam("duration_ms"),
-        created_at=bindparam("created_at"),
+def _pg_complete_and_log() -> Any:
+    """PostgreSQL: the event's result and its sync-log row in one round trip (two tables, no interaction)."""
+    completed = _complete().returning(literal_column("1")).cte("completed")
+    return _sync_log_insert("postgresql").add_cte(completed)
+
+
+def open_rental_status(rentals: Any) -> Any:
+    """``status IN ('PENDING_POPUP', …)`` with the statuses written into the SQL: the planner matches it
+    with the predicate of the open-rental partial unique index only when the values are in the text (a bound
+    parameter would not prove the index applies)."""
+    return rentals.c.status.in_([literal_column(f"'{status}'") for status in OPEN_STATUSES])
+
+
+def open_rental_serials() -> Any:
+    """Which of the banks named by the ``serials`` array have an open rental: through the banks' unique
+    serial index and the open-rental partial unique index, i.e. two index probes per serial."""
+    banks = table_of(PowerBank)
+    rentals = table_of(Rental)
+    return (
+        select(banks.c.serial_number)
+        .join(rentals, and_(rentals.c.power_bank_id == banks.c.id, open_rental_status(rentals)))
+        .where(banks.c.serial_number == any_(bindparam("serials", type_=ARRAY(String()))))
     )
 
 
-# PostgreSQL: the event's result and its sync-log row in one round trip (two tables, no interaction).
-_PG_COMPLETE_AND_LOG = text(
-    """
-    WITH completed AS (
-        UPDATE processed_events SET outcome = :outcome, station_id = CAST(:station_id AS uuid),
-            result = CAST(:result AS jsonb)
-        WHERE event_key = :key
-        RETURNING 1
-    )
-    INSERT INTO sync_logs (id, station_id, station_key, event_type, event_id, outcome, payload, error,
-        duration_ms, created_at)
-    VALUES (CAST(:log_id AS uuid), CAST(:log_station_id AS uuid), :station_key, :event_type, :event_id,
-        :log_outcome, CAST(:payload AS jsonb), NULL, :duration_ms, CAST(:created_at AS timestamptz))
-    """
-)
-
-
-_PG_SYNC_LOG_INSERT = text(
-    """
-    INSERT INTO sync_logs (id, station_id, station_key, event_type, event_id, outcome, payload, error,
-        duration_ms, created_at)
-    VALUES (CAST(:log_id AS uuid), CAST(:station_id AS uuid), :station_key, :event_type, :event_id,
-        :log_outcome, CAST(:payload AS jsonb), NULL, :duration_ms, CAST(:created_at AS timestamptz))
-    """
-)
-
-
-# PostgreSQL: claim the event's key AND lock its station row in one round trip. The lateral subquery keeps
-# the row lock legal with the outer join (a missing station yields NULLs, not an empty result).
-_PG_CLAIM_AND_LOCK = text(
-    """
-    WITH claim AS (
-        INSERT INTO processed_events (event_key, event_type, created_at)
-        VALUES (:event_key, :event_type, CAST(:now AS timestamptz))
-        ON CONFLICT (event_key) DO NOTHING
-        RETURNING event_key
-    )
-    SELECT (SELECT count(*) FROM claim) AS claimed, station.*
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN LATERAL (SELECT * FROM stations WHERE imei = :imei FOR UPDATE) AS station ON true
-    """
-)
+def _rented_array() -> Any:
+    return func.array(open_rental_serials().scalar_subquery(), type_=ARRAY(String())).label("rented")
 
 
 @lru_cache(maxsize=1)
 def _pg_claim_and_lock() -> Any:
-    textual = _PG_CLAIM_AND_LOCK.columns(column("claimed", Integer), *table_of(Station).c)
+    """PostgreSQL, one round trip for everything an event needs before it is applied: the signature's
+    replay claim (when the event key is not the signature), the event's claim (only when the replay claim
+    held), the station row lock, and which banks the event names have an open rental (the rentals domain is
+    asked only about those). The station comes from a LATERAL subquery outer-joined to the one-row summary:
+    the row lock stays legal and a missing station yields NULLs (None), not an empty result."""
+    events = table_of(ProcessedEvent)
+    stations = table_of(Station)
+    replay_key = bindparam("replay_key", type_=String())
+    event_type = bindparam("event_type", type_=String())
+    now = bindparam("now", type_=UTCDateTime())
+    replay = (
+        pg_insert(events)
+        .from_select(
+            ["event_key", "event_type", "created_at"],
+            select(replay_key, event_type, now).where(replay_key.is_not(None)),
+        )
+        .on_conflict_do_nothing(index_elements=[events.c.event_key])
+        .returning(events.c.event_key)
+        .cte("replay")
+    )
+    replay_held = exists(select(replay.c.event_key))
+    claim = (
+        pg_insert(events)
+        .from_select(
+            ["event_key", "event_type", "created_at"],
+            select(bindparam("event_key", type_=String()), event_type, now).where(
+                or_(replay_key.is_(None), replay_held)
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[events.c.event_key])
+        .returning(events.c.event_key)
+        .cte("claim")
+    )
+    summary = select(
+        select(func.count()).select_from(claim).scalar_subquery().label("claimed"),
+        and_(replay_key.is_not(None), not_(replay_held)).label("replayed"),
+        _rented_array(),
+    ).subquery("summary")
+    locked = (
+        select(stations)
+        .where(stations.c.imei == bindparam("imei", type_=String()))
+        .with_for_update()
+        .lateral("station")
+    )
+    station = aliased(Station, locked)
     return (
-        select(Station, textual.selected_columns.claimed)
-        .from_statement(textual)
+        select(station, summary.c.claimed, summary.c.replayed, summary.c.rented)
+        .select_from(summary.outerjoin(locked, true()))
         .execution_options(populate_existing=True)
     )
 
 
-# PostgreSQL, a whole batch at once: claim every key (a key repeated in the batch is claimed once, by its
-# first occurrence) ...
-_PG_CLAIM_MANY = text(
-    """
-    INSERT INTO processed_events (event_key, event_type, created_at)
-    SELECT u.event_key, u.event_type, CAST(:now AS timestamptz)
-    FROM unnest(CAST(:keys AS text[]), CAST(:types AS text[])) WITH ORDINALITY AS u(event_key, event_type, n)
-    ORDER BY u.n
-    ON CONFLICT (event_key) DO NOTHING
-    RETURNING event_key
-    """
-)
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What an event's claim found: whether it is this event's first delivery, its station (locked), and
+    which banks it names have an open rental (None: not looked up, the rentals domain looks itself)."""
 
-# ... and lock every station the batch names, in id order (two batches never wait on each other in a cycle).
-_PG_LOCK_MANY = text("SELECT * FROM stations WHERE imei = ANY(CAST(:imeis AS text[])) ORDER BY id FOR UPDATE")
+    claimed: bool
+    station: Station | None
+    rented: frozenset[str] | None = None
+    replayed: bool = False  # the signature was seen before under another event id
+
+
+@lru_cache(maxsize=1)
+def _pg_claim_many() -> Any:
+    """PostgreSQL, a whole batch at once: claim every key (a key repeated in the batch is claimed once, by
+    its first occurrence) ..."""
+    events = table_of(ProcessedEvent)
+    pairs = (
+        func.unnest(bindparam("keys", type_=ARRAY(String())), bindparam("types", type_=ARRAY(String())))
+        .table_valued(column("event_key", String()), column("event_type", String()), with_ordinality="n")
+        .render_derived(name="u")
+    )
+    return (
+        pg_insert(events)
+        .from_select(
+            ["event_key", "event_type", "created_at"],
+            select(pairs.c.event_key, pairs.c.event_type, bindparam("now", type_=UTCDateTime())).order_by(
+                pairs.c.n
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[events.c.event_key])
+        .returning(events.c.event_key)
+    )
 
 
 @lru_cache(maxsize=1)
 def _pg_lock_many() -> Any:
-    textual = _PG_LOCK_MANY.columns(*table_of(Station).c)
-    return select(Station).from_statement(textual).execution_options(populate_existing=True)
+    """... and lock every station the batch names, in id order (two batches never wait on each other in a
+    cycle); each row also carries the banks of the batch that have an open rental."""
+    return (
+        select(Station, _rented_array())
+        .where(Station.imei == any_(bindparam("imeis", type_=ARRAY(String()))))
+        .order_by(Station.id)
+        .with_for_update(of=Station)
+        .execution_options(populate_existing=True)
+    )
 
 
 class ProcessedEventRepository:
@@ -170,33 +249,65 @@ class ProcessedEventRepository:
         return rows.first() is not None
 
     async def claim_and_lock(
-        self, event_key: str, event_type: str, imei: str, now: datetime
-    ) -> tuple[bool, Station | None]:
-        """Claim the key (see :meth:`claim`) and lock the station row named by ``imei`` (None when there is
-        none yet). One statement on PostgreSQL, two on SQLite (which serialises writers anyway)."""
+        self,
+        event_key: str,
+        event_type: str,
+        imei: str,
+        now: datetime,
+        *,
+        replay_key: str | None = None,
+        serials: Sequence[str] = (),
+    ) -> ClaimResult:
+        """Claim ``replay_key`` (when given) and then ``event_key`` (see :meth:`claim`), lock the station row
+        named by ``imei`` (None when there is none yet) and find which of ``serials`` have an open rental.
+
+        One statement on PostgreSQL. SQLite (which serialises writers anyway) runs the claims and the lock
+        one by one and leaves the open-rental lookup to the rentals domain (``rented`` None)."""
         if dialect_name(self.session) != "postgresql":
+            if replay_key is not None and not await self.claim(replay_key, event_type, now):
+                return ClaimResult(claimed=False, station=None, replayed=True)
             claimed = await self.claim(event_key, event_type, now)
-            return claimed, await StationRepository(self.session).lock_by_imei(imei)
+            station = await StationRepository(self.session).lock_by_imei(imei) if claimed else None
+            return ClaimResult(claimed=claimed, station=station)
         row = (
             await self.session.execute(
                 _pg_claim_and_lock(),
-                {"event_key": event_key, "event_type": event_type, "now": now, "imei": imei},
+                {
+                    "event_key": event_key,
+                    "replay_key": replay_key,
+                    "event_type": event_type,
+                    "now": now,
+                    "imei": imei,
+                    "serials": list(serials),
+                },
             )
         ).one()
-        station, claimed = row
-        return bool(claimed), station
+        station, claimed, replayed, rented = row
+        return ClaimResult(bool(claimed), station, frozenset(rented or ()), bool(replayed))
 
     async def claim_and_lock_many(
-        self, keys: Sequence[tuple[str, str]], imeis: Sequence[str], now: datetime
-    ) -> tuple[set[str], dict[str, Station]]:
-        """PostgreSQL only: claim ``(event_key, event_type)`` pairs and lock the stations named by
-        ``imeis`` in two statements. Returns the keys claimed now and the locked stations by IMEI."""
+        self, keys: Sequence[tuple[str, str]], imeis: Sequence[str], now: datetime, serials: Sequence[str]
+    ) -> tuple[set[str], dict[str, Station], frozenset[str]]:
+        """PostgreSQL only: claim ``(event_key, event_type)`` pairs, lock the stations named by ``imeis``
+        and find which of ``serials`` have an open rental, in two statements. Returns the keys claimed now,
+        the locked stations by IMEI and the rented serials."""
         claimed = await self.session.execute(
-            _PG_CLAIM_MANY, {"keys": [k for k, _ in keys], "types": [t for _, t in keys], "now": now}
+            _pg_claim_many(), {"keys": [k for k, _ in keys], "types": [t for _, t in keys], "now": now}
         )
         claimed_keys = {str(row[0]) for row in claimed}
-        stations = (await self.session.execute(_pg_lock_many(), {"imeis": sorted(set(imeis))})).scalars()
-        return claimed_keys, {station.imei: station for station in stations}
+        rows = (
+            await self.session.execute(
+                _pg_lock_many(), {"imeis": sorted(set(imeis)), "serials": list(serials)}
+            )
+        ).all()
+        rented = frozenset(rows[0][1] or ()) if rows else await self._open_rental_serials(serials)
+        return claimed_keys, {station.imei: station for station, _ in rows}, rented
+
+    async def _open_rental_serials(self, serials: Sequence[str]) -> frozenset[str]:
+        if not serials:
+            return frozenset()
+        rows = await self.session.execute(open_rental_serials(), {"serials": list(serials)})
+        return frozenset(str(serial) for (serial,) in rows)
 
     async def stored(self, event_key: str) -> tuple[str | None, dict[str, Any] | None, uuid.UUID | None]:
         rows = await self.session.execute(
@@ -219,123 +330,46 @@ class ProcessedEventRepository:
         log: SyncLogRow,
     ) -> None:
         """Store the event's result (what a duplicate will be answered) and write its sync-log row."""
-        log_params = _log_params(log)
-        if dialect_name(self.session) == "postgresql":
-            await self.session.execute(
-                _PG_COMPLETE_AND_LOG,
-                {
-                    "key": event_key,
-                    "outcome": outcome,
-                    "station_id": station_id,
-                    "result": json.dumps(result),
-                    **log_params,
-                    "log_station_id": log.station_id,
-                },
-            )
+        parameters = {
+            "key": event_key,
+            "outcome": outcome,
+            "result_station_id": station_id,
+            "result": result,
+            **_log_params(log),
+        }
+        dialect = dialect_name(self.session)
+        if dialect == "postgresql":
+            # One round trip: the update rides along as a data-modifying CTE of the insert.
+            await self.session.execute(_pg_complete_and_log(), parameters)
             return
-        await self.session.execute(
-            _complete(), {"key": event_key, "outcome": outcome, "station_id": station_id, "result": result}
-        )
-        await self.session.execute(_sync_log_insert(), log_params)
+        await self.session.execute(_complete(), parameters)
+        await self.session.execute(_sync_log_insert(dialect), parameters)
 
     async def add_log(self, log: SyncLogRow) -> None:
-        statement = _PG_SYNC_LOG_INSERT if dialect_name(self.session) == "postgresql" else _sync_log_insert()
-        await self.session.execute(statement, _log_params(log))
+        await self.session.execute(_sync_log_insert(dialect_name(self.session)), _log_params(log))
 
 
 def _log_params(log: SyncLogRow) -> dict[str, Any]:
+    # Every key is prefixed: a key named like a column of processed_events would be taken by the UPDATE
+    # of the combined PostgreSQL statement as one more column to SET.
     return {
         "log_id": uuid.uuid4(),
-        "station_id": log.station_id,
-        "station_key": log.station_key,
-        "event_type": log.event_type,
-        "event_id": log.event_id,
+        "log_station_id": log.station_id,
+        "log_station_key": log.station_key,
+        "log_event_type": log.event_type,
+        "log_event_id": log.event_id,
         "log_outcome": log.outcome,
-        "payload": log.payload_json,
-        "duration_ms": log.duration_ms,
-        "created_at": log.created_at,
+        "log_payload": log.payload_json,
+        "log_duration_ms": log.duration_ms,
+        "log_created_at": log.created_at,
     }
 
 
 # --------------------------------------------------------------------------------------------- snapshots
-
-# PostgreSQL fast path of a full snapshot: two statements after the claim and the station lock.
 #
-# 1. Banks: upsert every listed bank, detach banks recorded at the station that are no longer listed, and
-#    empty the slots that will be rewritten (this station's, and any slot elsewhere holding a listed bank),
-#    except a slot that keeps the very bank it holds.
-#    The three touch disjoint rows, so one statement is safe; the slot upsert must see the emptied slots
-#    (one-slot-per-bank unique constraint), which is why it is the next statement.
-_PG_SNAPSHOT_BANKS = text(
-    f"""
-    WITH {PG_BANK_UPSERT_CTES}, detached AS (
-        UPDATE power_banks SET current_station_id = NULL, current_slot_number = NULL
-        WHERE current_station_id = CAST(:station_id AS uuid)
-          AND NOT (serial_number = ANY(CAST(:serials AS text[])))
-        RETURNING 1
-    ), released AS (
-        UPDATE station_slots SET power_bank_id = NULL,
-            status = CASE WHEN status = 'OCCUPIED' THEN 'AVAILABLE' ELSE status END
-        WHERE power_bank_id IS NOT NULL
-          AND (station_id = CAST(:station_id AS uuid) OR power_bank_id IN (SELECT id FROM banks))
-          -- A slot keeping the bank it already holds is left alone: the slot upsert rewrites it anyway,
-          -- and emptying it first would write every unchanged slot twice.
-          AND NOT EXISTS (
-              SELECT 1 FROM banks kept
-              WHERE kept.id = station_slots.power_bank_id
-                AND station_slots.station_id = CAST(:station_id AS uuid)
-                AND station_slots.slot_number = kept.current_slot_number
-          )
-        RETURNING 1
-    )
-    SELECT serial_number, id, battery_level FROM banks
-    """  # noqa: S608 - the interpolated text is a constant
-)
-
-# 2. Slots, the station row, the event's stored result and its sync-log row: four tables, one statement.
-_PG_SNAPSHOT_SLOTS_AND_FINISH = text(
-    """
-    WITH station_row AS (
-        UPDATE stations SET status = :status, status_changed_at = CAST(:status_changed_at AS timestamptz),
-            total_slots = :total_slots, hardware_info = CAST(:hardware_info AS jsonb),
-            last_heartbeat = CAST(:last_heartbeat AS timestamptz),
-            observed_at = CAST(:observed_at AS timestamptz), modified_at = CAST(:now AS timestamptz)
-        WHERE id = CAST(:station_id AS uuid)
-        RETURNING 1
-    ), completed AS (
-        UPDATE processed_events SET outcome = :log_outcome, station_id = CAST(:station_id AS uuid),
-            result = CAST(:result AS jsonb)
-        WHERE event_key = :key
-        RETURNING 1
-    ), logged AS (
-        INSERT INTO sync_logs (id, station_id, station_key, event_type, event_id, outcome, payload, error,
-            duration_ms, created_at)
-        VALUES (CAST(:log_id AS uuid), CAST(:station_id AS uuid), :station_key, :event_type, :event_id,
-            :log_outcome, CAST(:payload AS jsonb), NULL, :duration_ms, CAST(:created_at AS timestamptz))
-        RETURNING 1
-    ), removed AS (
-        -- The snapshot is the authority on which slots exist: a slot outside its layout (a phantom created
-        -- by a stray slot event, or one the cabinet no longer has) goes unless the snapshot lists it.
-        DELETE FROM station_slots
-        WHERE station_id = CAST(:station_id AS uuid)
-          AND (slot_number > :total_slots OR slot_number < 1)
-          AND NOT (slot_number = ANY(CAST(:numbers AS int[])))
-        RETURNING 1
-    )
-    INSERT INTO station_slots (id, station_id, slot_number, status, battery_level, power_bank_id,
-        slot_metadata, created_at)
-    SELECT gen_random_uuid(), CAST(:station_id AS uuid), t.number, t.status, t.battery, t.bank,
-        CAST(t.metadata AS jsonb), CAST(:now AS timestamptz)
-    FROM unnest(CAST(:numbers AS int[]), CAST(:slot_statuses AS text[]), CAST(:slot_batteries AS int[]),
-        CAST(:bank_ids AS uuid[]), CAST(:metadata AS text[])) AS t(number, status, battery, bank, metadata)
-    ON CONFLICT (station_id, slot_number) DO UPDATE SET
-        status = excluded.status,
-        battery_level = excluded.battery_level,
-        power_bank_id = excluded.power_bank_id,
-        slot_metadata = excluded.slot_metadata,
-        modified_at = excluded.created_at
-    """
-)
+# The multi-statement path of a full snapshot (SQLite; on PostgreSQL when the one-statement path of
+# ``iot.snapshots`` cannot apply it: a new station, a stale snapshot, a bank out on a rental). The same
+# statement definitions serve both dialects; each dialect's upsert is produced from them.
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,67 +384,38 @@ class SnapshotFinish:
 
 
 class SnapshotWriter:
-    """Writes an applied full snapshot with a constant number of statements: 2 on PostgreSQL (merged with
-    data-modifying CTEs), 6 on SQLite (the same steps one by one)."""
+    """Writes an applied full snapshot step by step with a constant number of statements whatever its size:
+    banks (prior state read + one multi-row upsert + condition history), slots emptied and banks detached,
+    phantom slots deleted, one multi-row slot upsert, the station row, the result and the sync-log row."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._postgres = dialect_name(session) == "postgresql"
 
     async def write_banks(
         self, station_id: uuid.UUID, banks: Sequence[BankObservation], now: datetime
     ) -> dict[str, BankWritten]:
         """Upsert the listed banks, detach the missing ones, empty the slots; returns serial → bank."""
-        if not self._postgres:
-            written = await PowerBankRepository(self.session).upsert_observed(banks, now)
-            await StationRepository(self.session).release_and_detach(
-                station_id, [bank.id for bank in written.values()]
-            )
-            return written
-        rows = await self.session.execute(
-            _PG_SNAPSHOT_BANKS, {**pg_bank_params(banks, now, "full"), "station_id": station_id}
+        written = await PowerBankRepository(self.session).upsert_observed(banks, now)
+        await StationRepository(self.session).release_and_detach(
+            station_id, [bank.id for bank in written.values()]
         )
-        return {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
+        return written
 
     async def write_slots_and_finish(
         self, station_id: uuid.UUID, slots: Sequence[SlotObservation], finish: SnapshotFinish, now: datetime
     ) -> None:
-        if not self._postgres:
-            stations = StationRepository(self.session)
-            await stations.delete_slots_outside(
-                station_id, finish.station_values["total_slots"], [slot.slot_number for slot in slots]
-            )
-            await stations.upsert_slots(station_id, slots, now)
-            await stations.apply_snapshot_fields(station_id, finish.station_values)
-            await ProcessedEventRepository(self.session).complete_and_log(
-                finish.event_key,
-                outcome=finish.log.outcome,
-                station_id=station_id,
-                result=finish.result,
-                log=finish.log,
-            )
-            return
-        values = finish.station_values
-        await self.session.execute(
-            _PG_SNAPSHOT_SLOTS_AND_FINISH,
-            {
-                **_log_params(finish.log),
-                "station_id": station_id,
-                "now": now,
-                "status": values["status"],
-                "status_changed_at": values["status_changed_at"],
-                "total_slots": values["total_slots"],
-                "hardware_info": json.dumps(values["hardware_info"]),
-                "last_heartbeat": values["last_heartbeat"],
-                "observed_at": values["observed_at"],
-                "key": finish.event_key,
-                "result": json.dumps(finish.result),
-                "numbers": [slot.slot_number for slot in slots],
-                "slot_statuses": [slot.status for slot in slots],
-                "slot_batteries": [slot.battery_level for slot in slots],
-                "bank_ids": [slot.power_bank_id for slot in slots],
-                "metadata": [json.dumps(slot.metadata) for slot in slots],
-            },
+        stations = StationRepository(self.session)
+        await stations.delete_slots_outside(
+            station_id, finish.station_values["total_slots"], [slot.slot_number for slot in slots]
+        )
+        await stations.upsert_slots(station_id, slots, now)
+        await stations.apply_snapshot_fields(station_id, finish.station_values)
+        await ProcessedEventRepository(self.session).complete_and_log(
+            finish.event_key,
+            outcome=finish.log.outcome,
+            station_id=station_id,
+            result=finish.result,
+            log=finish.log,
         )
 
 

@@ -3,12 +3,19 @@
 One :class:`StationEventProcessor` call applies one event inside the caller's transaction (the request's,
 or a savepoint per event in a batch) and only flushes. A full snapshot costs a constant number of SQL
 statements whatever the slot count: every slot and every bank is written by one multi-row upsert. On
-PostgreSQL an applied snapshot is three statements (claim + station lock, banks, slots + station + result +
-sync log; see ``iot.repository``), on SQLite the same steps one by one.
+PostgreSQL a snapshot (or a batch of snapshots of distinct stations) is applied by ONE statement that
+claims, locks, checks and writes (``iot.snapshots``; a single sync is then one round trip, BEGIN and COMMIT
+included); a snapshot it cannot apply (new station, stale, repeated, a bank out on a rental) and SQLite
+take the step-by-step path (``iot.repository.SnapshotWriter``).
+
+Rentals are an ordinary domain: returns, snapshots and late command replies call
+``chargeghar_core.rentals.station_events`` directly, inside the event's transaction — and only for banks the
+claim found with an open rental (a snapshot of a station with none never queries the rentals).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -36,13 +43,15 @@ from chargeghar_protocol.contract import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from chargeghar_core.iot.hooks import IotHooks, ReturnContext
+from chargeghar_core.iot import event_writes
 from chargeghar_core.iot.repository import (
+    ClaimResult,
     ProcessedEventRepository,
     SnapshotFinish,
     SnapshotWriter,
     SyncLogRow,
 )
+from chargeghar_core.iot.snapshots import PlannedSlot, SnapshotPlan, SnapshotRepository, applicable_together
 from chargeghar_core.kit.db import dialect_name, utcnow
 from chargeghar_core.kit.errors import CoreError, ValidationFailed
 from chargeghar_core.kit.guard import sanitize_json, strip_unstorable
@@ -53,6 +62,9 @@ from chargeghar_core.powerbanks.repository import (
     PowerBankRepository,
 )
 from chargeghar_core.powerbanks.service import ModelCatalog, resolve_model
+from chargeghar_core.rentals import station_events as rental_events
+from chargeghar_core.rentals.runtime import RentalRuntime
+from chargeghar_core.rentals.station_events import ReturnContext
 from chargeghar_core.stations.models import Station, StationStatusHistory, SyncLog, SyncOutcome
 from chargeghar_core.stations.repository import SlotObservation, StationRepository
 
@@ -69,7 +81,6 @@ FAILURE_CODES: Mapping[str, str] = {
     "command_audit": ErrorCode.SYNC_ERROR.value,
 }
 
-_OPERATOR_HELD_BANK_STATUSES = frozenset({PowerBankStatus.MAINTENANCE.value, PowerBankStatus.DAMAGED.value})
 # Device views of a bank that mean "the cabinet reports a fault" (contract.md §2.1 vocabulary): they set
 # the bank's condition, never its operator status.
 _DEVICE_FAULT_STATUSES = frozenset({PowerBankStatus.MAINTENANCE, PowerBankStatus.DAMAGED})
@@ -112,6 +123,8 @@ class BatchClaims:
 
     claimed: set[str]
     stations: dict[str, Station]
+    # Serials named by the batch's events that have an open rental (None: not looked up).
+    rented: frozenset[str] | None = None
 
     def take_claim(self, event_key: str) -> bool:
         """True for the first event with this key: a repeat within the batch is a duplicate."""
@@ -122,9 +135,9 @@ class BatchClaims:
 
 
 class StationEventProcessor:
-    def __init__(self, session: AsyncSession, hooks: IotHooks, catalog: ModelCatalog) -> None:
+    def __init__(self, session: AsyncSession, rentals: RentalRuntime, catalog: ModelCatalog) -> None:
         self.session = session
-        self.hooks = hooks
+        self.rentals = rentals
         self.catalog = catalog
         self.stations = StationRepository(session)
         self.banks = PowerBankRepository(session)
@@ -134,12 +147,13 @@ class StationEventProcessor:
         """Claim and lock for a whole batch up front (PostgreSQL; None elsewhere: claimed per event)."""
         if not events or dialect_name(self.session) != "postgresql":
             return None
-        claimed, stations = await self.processed.claim_and_lock_many(
+        claimed, stations, rented = await self.processed.claim_and_lock_many(
             [(context.event_key, event.type) for event, context in events],
             [event.device.identity for event, _ in events],
             events[0][1].received_at,
+            sorted({serial for event, _ in events for serial in _serials_named(event)}),
         )
-        return BatchClaims(claimed, stations)
+        return BatchClaims(claimed, stations, rented)
 
     async def process(
         self, event: StationEvent, context: EventContext, batch: BatchClaims | None = None
@@ -148,28 +162,44 @@ class StationEventProcessor:
 
         ``batch``: the claims and locks :meth:`claim_batch` made for the batch this event belongs to."""
         _check_identifier_lengths(event)
-        if batch is None and context.replay_key is not None:
-            # Claimed first and in the same transaction: released again if the event fails.
-            if not await self.processed.claim(context.replay_key, event.type, context.received_at):
-                logger.warning("station_event_signature_replayed", event_key=context.event_key)
-                return await self._duplicate(event, context)
+        if batch is None and (direct := await self._apply_direct(event, context)) is not None:
+            # PostgreSQL, a small event type: claimed, locked and applied by one statement (event_writes).
+            return direct
+        if batch is None and isinstance(event, FullEvent):
+            # PostgreSQL: the whole snapshot in one statement (iot.snapshots); None: the general path below
+            # (a new station, a stale or repeated snapshot, a bank out on a rental, SQLite).
+            snapshot = await self.apply_snapshots_at_once([(event, context)])
+            if snapshot is not None:
+                return snapshot[0]
         if batch is None:
-            # The station row stays locked until the transaction ends: two events of one station apply
-            # one after the other, and the stale check below sees the newest observed_at.
-            claimed, station = await self.processed.claim_and_lock(
-                context.event_key, event.type, event.device.identity, context.received_at
+            # One statement on PostgreSQL: the signature's replay claim, the event's claim (both released
+            # again if the event fails), the station row lock (held until the transaction ends: two events
+            # of one station apply one after the other, and the stale check sees the newest observed_at),
+            # and which of the banks the event names have an open rental.
+            claim = await self.processed.claim_and_lock(
+                context.event_key,
+                event.type,
+                event.device.identity,
+                context.received_at,
+                replay_key=context.replay_key,
+                serials=_serials_named(event),
             )
+            if claim.replayed:
+                logger.warning("station_event_signature_replayed", event_key=context.event_key)
         else:
             # Locked already; the in-memory row is current: every write to it in this transaction goes
             # through the ORM or is mirrored into it (see _apply_full).
-            claimed = batch.take_claim(context.event_key)
-            station = batch.stations.get(event.device.identity)
-        if not claimed:
+            claim = ClaimResult(
+                claimed=batch.take_claim(context.event_key),
+                station=batch.stations.get(event.device.identity),
+                rented=batch.rented,
+            )
+        if not claim.claimed:
             return await self._duplicate(event, context)
         with structlog.contextvars.bound_contextvars(
             correlation_id=event.correlation_id, event_key=context.event_key
         ):
-            outcome = await self._apply(event, station, context)
+            outcome = await self._apply(event, claim.station, context, claim.rented)
         if not outcome.finished:
             await self.processed.complete_and_log(
                 context.event_key,
@@ -182,12 +212,16 @@ class StationEventProcessor:
         return outcome
 
     async def _apply(
-        self, event: StationEvent, station: Station | None, context: EventContext
+        self,
+        event: StationEvent,
+        station: Station | None,
+        context: EventContext,
+        rented: frozenset[str] | None,
     ) -> EventOutcome:
         if isinstance(event, FullEvent):
-            outcome = await self._apply_full(event, station, context)
+            outcome = await self._apply_full(event, station, context, rented)
         elif isinstance(event, ReturnedEvent):
-            outcome = await self._apply_returned(event, station, context)
+            outcome = await self._apply_returned(event, station, context, rented)
         elif isinstance(event, StatusEvent):
             outcome = await self._apply_status(event, station, context)
         elif isinstance(event, SlotEvent):
@@ -299,7 +333,7 @@ class StationEventProcessor:
     # ------------------------------------------------------------------ full
 
     async def _apply_full(
-        self, event: FullEvent, station: Station | None, context: EventContext
+        self, event: FullEvent, station: Station | None, context: EventContext, rented: frozenset[str] | None
     ) -> EventOutcome:
         now = context.received_at
         observed_at = event.observed_at or now
@@ -323,13 +357,22 @@ class StationEventProcessor:
             )
 
         slot_rows, bank_rows = self._snapshot_rows(event, station.id)
-        returns = await self.hooks.snapshot_returns.reconcile_snapshot(
-            self.session,
-            station_id=station.id,
-            bank_serials=[bank.serial_number for bank in bank_rows],
-            observed_at=observed_at,
-            event_key=context.event_key,
-        )
+        serials = [bank.serial_number for bank in bank_rows]
+        if rented is not None:
+            # The claim already looked: only banks with an open rental go to the rentals domain.
+            serials = [serial for serial in serials if serial in rented]
+        returns = 0
+        if serials:
+            # Before the banks are marked present: close the rentals of banks back in a slot.
+            returns = await rental_events.reconcile_snapshot(
+                self.session,
+                self.rentals.settings,
+                self.rentals.payment_settings.currency,
+                station_id=station.id,
+                bank_serials=serials,
+                observed_at=observed_at,
+                event_key=context.event_key,
+            )
         if bank_rows:
             prefixes = await self.catalog.prefixes(self.banks.model_prefixes)
             bank_rows = [self._with_model(bank, prefixes) for bank in bank_rows]
@@ -395,8 +438,84 @@ class StationEventProcessor:
             set_committed_value(station, name, value)
         return EventOutcome(SyncOutcome.SUCCESS, "Station data synchronised", data, station.id, finished=True)
 
+    async def apply_snapshots_at_once(
+        self, events: Sequence[tuple[StationEvent, EventContext]]
+    ) -> list[EventOutcome] | None:
+        """PostgreSQL: apply full snapshots (of distinct stations) all at once with one statement, or none
+        of them (None: nothing was written, take the general path). See ``iot.snapshots``."""
+        snapshots = SnapshotRepository(self.session)
+        if not snapshots.available or not events:
+            return None
+        full = [(event, context) for event, context in events if isinstance(event, FullEvent)]
+        if len(full) != len(events):
+            return None
+        try:
+            for event, _ in full:
+                _check_identifier_lengths(event)
+        except ValidationFailed:
+            return None
+        prefixes = await self.catalog.prefixes(self.banks.model_prefixes)
+        plans = [self._snapshot_plan(event, context, prefixes) for event, context in full]
+        if not applicable_together(plans):
+            return None
+        applied = await snapshots.apply(plans)
+        if applied is None:
+            return None
+        outcomes = []
+        for plan, written in zip(plans, applied, strict=True):
+            data = {
+                **plan.result,
+                "station_id": str(written.station_id),
+                "station_serial": written.station_serial,
+            }
+            outcomes.append(
+                EventOutcome(
+                    SyncOutcome.SUCCESS, "Station data synchronised", data, written.station_id, finished=True
+                )
+            )
+        return outcomes
+
+    def _snapshot_plan(
+        self, event: FullEvent, context: EventContext, prefixes: list[tuple[str, str, int]]
+    ) -> SnapshotPlan:
+        """Everything of a snapshot that does not depend on its station's row (the statement reads that)."""
+        now = context.received_at
+        observed_at = event.observed_at or now
+        slot_rows, bank_rows = self._snapshot_rows(event, None)
+        highest = max([event.station.total_slots, *(row.slot_number for row in slot_rows)])
+        device = event.device
+        result = FullSyncResult(
+            station_id="",
+            station_serial="",
+            slots_updated=len(slot_rows),
+            powerbanks_updated=len(bank_rows),
+            returns_reconciled=0,
+            applied=True,
+            timestamp=now,
+        ).to_wire()
+        return SnapshotPlan(
+            event_key=context.event_key,
+            event_type=event.type,
+            replay_key=context.replay_key,
+            imei=event.device.identity,
+            observed_at=observed_at,
+            device_status=device.status.value if device.status else None,
+            total_slots=highest,
+            hardware_patch=_merged_hardware_info({}, event),
+            last_heartbeat=device.last_heartbeat or observed_at,
+            result=result,
+            payload_json=context.payload_json,
+            duration_ms=round((time.perf_counter() - context.started) * 1000, 3),
+            now=now,
+            banks=[self._with_model(bank, prefixes) for bank in bank_rows],
+            slots=[
+                PlannedSlot(row.slot_number, row.status, row.battery_level, row.bank_serial, row.metadata)
+                for row in slot_rows
+            ],
+        )
+
     def _snapshot_rows(
-        self, event: FullEvent, station_id: uuid.UUID
+        self, event: FullEvent, station_id: uuid.UUID | None
     ) -> tuple[list[_SlotRow], list[BankObservation]]:
         """Slots and banks of a snapshot, each bank in at most one slot (the first slot naming it wins)."""
         slot_rows: dict[int, _SlotRow] = {}
@@ -469,119 +588,344 @@ class StationEventProcessor:
             condition_code=bank.condition_code,
         )
 
-    # ------------------------------------------------------------------ returned
+    # ------------------------------------------------------------------ returned, slots, command results
+    # Set-based (iot.event_writes): one statement on PostgreSQL applies the event and writes its result and
+    # sync-log row; called through _apply_direct it also claims the event and locks the station.
+
+    async def _apply_direct(self, event: StationEvent, context: EventContext) -> EventOutcome | None:
+        """PostgreSQL, a single event (not a batch) of a small type: claim, lock, apply, result and sync log
+        in ONE statement. None when the event takes the general path (another type, SQLite)."""
+        if dialect_name(self.session) != "postgresql" or not isinstance(
+            event, StatusEvent | SlotEvent | ReturnedEvent | ReturnFailedEvent | CommandResultEvent
+        ):
+            return None
+        if isinstance(event, ReturnedEvent) and not event_writes.RETURNS_PROBE_RENTALS:
+            return None
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=event.correlation_id, event_key=context.event_key
+        ):
+            outcome = await self._direct_outcome(event, context)
+        if not outcome.finished and outcome.outcome is not SyncOutcome.DUPLICATE:
+            await self.processed.complete_and_log(
+                context.event_key,
+                outcome=outcome.outcome.value,
+                station_id=outcome.station_id,
+                result=outcome.data,
+                log=self._log_row(event, context, outcome.outcome, outcome.station_id),
+            )
+        return outcome
+
+    async def _direct_outcome(
+        self,
+        event: StatusEvent | SlotEvent | ReturnedEvent | ReturnFailedEvent | CommandResultEvent,
+        context: EventContext,
+    ) -> EventOutcome:
+        if isinstance(event, StatusEvent):
+            status_applied = await self._write_status(event, None, context)
+            if status_applied.claimed and status_applied.calc is None:
+                # Claimed, but no station yet: create it (locked) and apply to it.
+                return await self._apply_status(event, None, context)
+            applied = status_applied
+        elif isinstance(event, CommandResultEvent):
+            applied = await self._write_command_result(event, context, direct=True)
+        else:
+            applied = await self._write_slot(event, None, context, None)
+        if not applied.claimed:
+            return await self._duplicate(event, context)
+        if applied.replayed:
+            logger.warning("station_event_signature_replayed", event_key=context.event_key)
+        if isinstance(event, StatusEvent):
+            return self._status_outcome(applied, None)
+        if isinstance(event, CommandResultEvent):
+            return await self._command_result_outcome(event, applied, context)
+        if applied.calc is None:
+            raise _unknown_station(event)
+        if applied.calc.get("rental_open"):
+            # The returned bank has an open rental: the rentals domain closes it (more statements).
+            station = await self.stations.lock_by_imei(event.device.identity)
+            assert isinstance(event, ReturnedEvent)
+            return await self._apply_returned(event, station, context, None)
+        return self._slot_outcome(event, applied, None, context.received_at)
+
+    def _event_keys(self, event: StationEvent, context: EventContext) -> event_writes.EventKeys:
+        return event_writes.EventKeys(
+            event_key=context.event_key,
+            event_type=event.type,
+            imei=event.device.identity,
+            now=context.received_at,
+            replay_key=context.replay_key,
+            station_key=event.device.identity[:64],
+            payload_json=context.payload_json,
+            duration_ms=round((time.perf_counter() - context.started) * 1000, 3),
+        )
 
     async def _apply_returned(
-        self, event: ReturnedEvent, station: Station | None, context: EventContext
+        self,
+        event: ReturnedEvent,
+        station: Station | None,
+        context: EventContext,
+        rented: frozenset[str] | None,
     ) -> EventOutcome:
-        now = context.received_at
         info = event.return_event
         if station is None:
-            raise ValidationFailed(
-                f"Unknown station {event.device.identity}",
-                details={"device.imei": ["no station with this identity"]},
+            raise _unknown_station(event)
+        rental = None
+        if rented is None or info.power_bank_serial in rented:
+            # Possibly an open rental (the claim said so, or did not look): the rentals domain decides.
+            bank = await self._bank_for_serial(info.power_bank_serial, context.received_at)
+            returned_at = info.returned_at or event.observed_at or context.received_at
+            # Device HTTP only (forgeable sign): a claim until MQTT, a `check` or a snapshot corroborates it.
+            source = info.source or info.hardware_info.get("source")
+            await self._known_slot(station, info.slot_number, "return_event.slot_number")
+            rental = await rental_events.complete_open_rental(
+                self.session,
+                self.rentals.settings,
+                self.rentals.payment_settings.currency,
+                ReturnContext(
+                    station_id=station.id,
+                    station_serial=station.serial_number,
+                    slot_number=info.slot_number,
+                    power_bank_id=bank.id,
+                    power_bank_serial=bank.serial_number,
+                    battery_level=info.battery_level,
+                    returned_at=returned_at,
+                    condition=info.condition,
+                    event_key=context.event_key,
+                    corroborated=source != "http",
+                ),
             )
-        existing_slot = await self._known_slot(station, info.slot_number, "return_event.slot_number")
-        bank = await self._bank_for_serial(info.power_bank_serial, now)
-        returned_at = info.returned_at or event.observed_at or now
-        # Device HTTP only (forgeable sign): a claim until MQTT, a `check` or a snapshot corroborates it.
-        source = info.source or info.hardware_info.get("source")
-        corroborated = source != "http"
-        rental = await self.hooks.returns.complete_open_rental(
+            if rental is not None and rental.claimed_only:
+                # The bank is still out on its rental as far as anything corroborated says: leave it and
+                # the slot as they are.
+                claim: dict[str, Any] = {
+                    "station_id": str(station.id),
+                    "station_serial": station.serial_number,
+                    "power_bank_serial": bank.serial_number,
+                    "slot_number": info.slot_number,
+                    "rehomed": False,
+                    "return_claimed": True,
+                    "rental_id": rental.rental_id,
+                    "rental_code": rental.rental_code,
+                    "rental_status": rental.rental_status,
+                }
+                message = "Return claimed; awaiting confirmation"
+                return EventOutcome(SyncOutcome.SUCCESS, message, claim, station.id)
+        applied = await self._write_slot(event, station, context, rental)
+        return self._slot_outcome(event, applied, station, context.received_at)
+
+    async def _write_slot(
+        self,
+        event: ReturnedEvent | SlotEvent | ReturnFailedEvent,
+        station: Station | None,
+        context: EventContext,
+        rental: rental_events.RentalReturnOutcome | None,
+    ) -> event_writes.Applied:
+        """The set-based write of a bank (or nothing) reported in a slot; ``station`` None: direct."""
+        now = context.received_at
+        slot, stale_fields, condition_at = self._slot_input(event, now, rental)
+        if slot.bank_serial is not None:
+            spec = resolve_model(slot.bank_serial, await self.catalog.prefixes(self.banks.model_prefixes))
+            slot = dataclasses.replace(slot, new_bank_model=spec.model, new_bank_capacity=spec.capacity_mah)
+        return await event_writes.apply_slot(
             self.session,
-            ReturnContext(
-                station_id=station.id,
-                station_serial=station.serial_number,
-                slot_number=info.slot_number,
-                power_bank_id=bank.id,
-                power_bank_serial=bank.serial_number,
-                battery_level=info.battery_level,
-                returned_at=returned_at,
-                condition=info.condition,
-                event_key=context.event_key,
-                corroborated=corroborated,
-            ),
+            dialect_name(self.session),
+            self._event_keys(event, context),
+            slot,
+            station,
+            stale_fields=stale_fields,
+            condition_at=condition_at,
+            # Direct: the claim also finds whether the returned bank has an open rental.
+            probe_rental=station is None and isinstance(event, ReturnedEvent),
         )
-        if rental is not None and rental.claimed_only:
-            # The bank is still out on its rental as far as anything corroborated says: leave it and the
-            # slot as they are.
-            claim: dict[str, Any] = {
-                "station_id": str(station.id),
-                "station_serial": station.serial_number,
-                "power_bank_serial": bank.serial_number,
+
+    @staticmethod
+    def _slot_input(
+        event: ReturnedEvent | SlotEvent | ReturnFailedEvent,
+        now: datetime,
+        rental: rental_events.RentalReturnOutcome | None,
+    ) -> tuple[event_writes.SlotInput, dict[str, Any], datetime]:
+        observed_at = event.observed_at or now
+        if isinstance(event, ReturnedEvent):
+            info = event.return_event
+            returned_at = info.returned_at or event.observed_at or now
+            damaged = info.condition.upper() == PowerBankStatus.DAMAGED.value
+            result: dict[str, Any] = {
+                "power_bank_serial": info.power_bank_serial,
                 "slot_number": info.slot_number,
-                "rehomed": False,
-                "return_claimed": True,
-                "rental_id": rental.rental_id,
-                "rental_code": rental.rental_code,
-                "rental_status": rental.rental_status,
+                "rehomed": rental is None,
+                "rental_id": None,
+                "rental_code": None,
+                "rental_status": None,
+                "returned_on_time": None,
+                "amount_due": None,
             }
-            message = "Return claimed; awaiting confirmation"
-            return EventOutcome(SyncOutcome.SUCCESS, message, claim, station.id)
-        battery = info.battery_level if info.battery_level is not None else bank.battery_level
-        metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
-        metadata["last_return_at"] = returned_at.isoformat()
-        await self.stations.place_in_slot(
-            station.id,
-            SlotObservation(info.slot_number, SlotStatus.OCCUPIED.value, battery, bank.id, metadata),
-            now,
-        )
-        self._mark_bank_present(bank, station.id, info.slot_number, battery, now)
-        if info.condition.upper() == PowerBankStatus.DAMAGED.value:
-            # The device (or bridge) says the bank came back damaged: a condition, not an operator decision.
-            await self.banks.record_condition(
-                bank,
-                BankCondition.FAULT,
-                PowerBankStatus.DAMAGED.value,
-                station_id=station.id,
+            if rental is not None:
+                result.update(
+                    rental_id=rental.rental_id,
+                    rental_code=rental.rental_code,
+                    rental_status=rental.rental_status,
+                    returned_on_time=rental.returned_on_time,
+                    amount_due=rental.amount_due,
+                    **rental.extra,
+                )
+            slot = event_writes.SlotInput(
+                kind="returned",
                 slot_number=info.slot_number,
-                source="returned",
-                at=returned_at,
+                observed_at=observed_at,
+                slot_status=SlotStatus.OCCUPIED.value,
+                battery_level=info.battery_level,
+                bank_serial=info.power_bank_serial,
+                new_bank_model="",
+                new_bank_capacity=0,
+                # The device (or bridge) says the bank came back damaged: a condition, not an operator
+                # decision. Otherwise the return says nothing about the condition.
+                bank_condition=BankCondition.FAULT if damaged else None,
+                bank_condition_code=PowerBankStatus.DAMAGED.value if damaged else None,
+                bank_hardware_info=info.hardware_info or None,
+                metadata_patch={"last_return_at": returned_at.isoformat()},
+                fault_code=None,
+                stale_by_snapshot=False,
+                moves_bank=True,
+                heartbeat=event.device.last_heartbeat or now,
+                result_fields=result,
             )
-        if info.hardware_info:
-            bank.hardware_info = {**bank.hardware_info, **info.hardware_info}
-        station.last_heartbeat = max(
-            filter(None, [station.last_heartbeat, event.device.last_heartbeat or now])
-        )
-
-        data: dict[str, Any] = {
-            "station_id": str(station.id),
-            "station_serial": station.serial_number,
-            "power_bank_serial": bank.serial_number,
-            "slot_number": info.slot_number,
-            "battery_level": battery,
-            "rehomed": rental is None,
-            "rental_id": None,
-            "rental_code": None,
-            "rental_status": None,
-            "returned_on_time": None,
-            "amount_due": None,
+            return slot, {}, returned_at
+        code = f"0x{event.state_code:02x}"
+        if isinstance(event, ReturnFailedEvent):
+            result = {
+                "slot_number": event.slot_number,
+                "state_code": code,
+                "state_name": event.state_name,
+                "power_bank_serial": event.power_bank_serial,
+            }
+            failure = {
+                "state_code": code,
+                "state_name": event.state_name,
+                "power_bank_serial": event.power_bank_serial,
+                "at": observed_at.isoformat(),
+            }
+            # A 0x40 that is not a return: nothing changes hands, the slot only keeps a note.
+            slot = event_writes.SlotInput(
+                kind="return_failed",
+                slot_number=event.slot_number,
+                observed_at=observed_at,
+                slot_status=None,
+                battery_level=None,
+                bank_serial=None,
+                new_bank_model="",
+                new_bank_capacity=0,
+                bank_condition=None,
+                bank_condition_code=None,
+                bank_hardware_info=None,
+                metadata_patch={"last_return_failure": failure},
+                fault_code=code,
+                stale_by_snapshot=False,
+                moves_bank=False,
+                heartbeat=None,
+                result_fields=result,
+            )
+            return slot, {}, observed_at
+        fault = event.power_bank_status in _DEVICE_FAULT_STATUSES
+        result = {
+            "slot_number": event.slot_number,
+            "slot_status": event.slot_status.value,
+            "power_bank_serial": event.power_bank_serial,
+            "applied": True,
         }
-        if rental is not None:
-            data.update(
-                rental_id=rental.rental_id,
-                rental_code=rental.rental_code,
-                rental_status=rental.rental_status,
-                returned_on_time=rental.returned_on_time,
-                amount_due=rental.amount_due,
-                **rental.extra,
-            )
-        message = "Rental returned" if rental is not None else "Power bank re-homed"
-        return EventOutcome(SyncOutcome.SUCCESS, message, data, station.id)
+        slot = event_writes.SlotInput(
+            kind="slot_event",
+            slot_number=event.slot_number,
+            observed_at=observed_at,
+            slot_status=event.slot_status.value,
+            battery_level=event.battery_level,
+            bank_serial=event.power_bank_serial or None,
+            new_bank_model="",
+            new_bank_capacity=0,
+            bank_condition=BankCondition.FAULT if fault else BankCondition.HEALTHY,
+            bank_condition_code=code if fault else None,
+            bank_hardware_info=None,
+            metadata_patch={
+                "state_code": event.state_code,
+                "state_name": event.state_name,
+                "state_description": event.state_description,
+                "control_index": event.control_index,
+                "last_updated": observed_at.isoformat(),
+            },
+            fault_code=code if event.state_code != _RETURN_SUCCESS_STATE else None,
+            stale_by_snapshot=True,
+            moves_bank=True,
+            heartbeat=None,
+            result_fields=result,
+        )
+        return slot, {**result, "applied": False}, observed_at
 
-    async def _known_slot(self, station: Station, slot_number: int, field: str) -> Any:
-        """The station's slot ``slot_number`` (None when not written yet); 400 when the cabinet's layout has
-        no such slot. Layout = 1..total_slots from the last snapshot; before any snapshot, the slots known."""
-        existing_slot = await self.stations.get_slot(station.id, slot_number)
+    def _slot_outcome(
+        self,
+        event: ReturnedEvent | SlotEvent | ReturnFailedEvent,
+        applied: event_writes.Applied,
+        station: Station | None,
+        now: datetime,
+    ) -> EventOutcome:
+        calc = applied.calc
+        if calc is None:
+            raise _unknown_station(event)
+        slot_number = (
+            event.return_event.slot_number if isinstance(event, ReturnedEvent) else event.slot_number
+        )
+        if calc["refused"]:
+            field = "return_event.slot_number" if isinstance(event, ReturnedEvent) else "slot_number"
+            total = station.total_slots if station is not None else calc["total_slots"]
+            raise ValidationFailed(
+                f"Station {calc['station_serial']} has no slot {slot_number}",
+                details={field: [f"unknown slot (station has {total})"]},
+            )
+        data: dict[str, Any] = dict(calc["result"])
+        station_id: uuid.UUID = calc["station_id"]
+        if calc["stale"]:
+            return EventOutcome(
+                SyncOutcome.STALE,
+                "Older than the last snapshot; not applied",
+                data,
+                station_id,
+                finished=True,
+            )
+        if isinstance(event, ReturnedEvent):
+            if station is not None:
+                heartbeat = event.device.last_heartbeat or now
+                event_writes.mirror_station(
+                    station, {"last_heartbeat": max(filter(None, [station.last_heartbeat, heartbeat]))}
+                )
+            message = "Power bank re-homed" if data["rehomed"] else "Rental returned"
+            return EventOutcome(SyncOutcome.SUCCESS, message, data, station_id, finished=True)
+        if isinstance(event, ReturnFailedEvent):
+            logger.warning(
+                "return_failed",
+                station_id=str(station_id),
+                slot=event.slot_number,
+                code=data["state_code"],
+                state=event.state_name,
+                power_bank_serial=event.power_bank_serial,
+            )
+            return EventOutcome(
+                SyncOutcome.SUCCESS, "Failed return recorded", data, station_id, finished=True
+            )
+        if event.state_code != _RETURN_SUCCESS_STATE:
+            code = f"0x{event.state_code:02x}"
+            logger.info("slot_event_failed", station_id=str(station_id), slot=event.slot_number, code=code)
+        return EventOutcome(SyncOutcome.SUCCESS, "Slot updated", data, station_id, finished=True)
+
+    async def _known_slot(self, station: Station, slot_number: int, field: str) -> None:
+        """400 when the cabinet's layout has no slot ``slot_number`` (checked before the rentals domain
+        closes anything). Layout = 1..total_slots from the last snapshot; before any snapshot, the slots
+        known."""
         in_layout = 1 <= slot_number <= station.total_slots
         if station.total_slots == 0:
-            in_layout = existing_slot is not None
+            in_layout = await self.stations.get_slot(station.id, slot_number) is not None
         if not in_layout:
             raise ValidationFailed(
                 f"Station {station.serial_number} has no slot {slot_number}",
                 details={field: [f"unknown slot (station has {station.total_slots})"]},
             )
-        return existing_slot
 
     async def _bank_for_serial(self, serial: str, now: datetime) -> PowerBank:
         bank = await self.banks.get_by_serial(serial)
@@ -609,134 +953,69 @@ class StationEventProcessor:
         logger.info("power_bank_created", serial=serial, model=spec.model)
         return created
 
-    @staticmethod
-    def _mark_bank_present(
-        bank: PowerBank, station_id: uuid.UUID, slot_number: int, battery: int, now: datetime
-    ) -> None:
-        bank.current_station_id = station_id
-        bank.current_slot_number = slot_number
-        bank.battery_level = battery
-        bank.last_seen_at = now
-        if bank.status not in _OPERATOR_HELD_BANK_STATUSES:
-            # Physically in a slot means not rented; the return hook has closed any open rental already.
-            bank.status = PowerBankStatus.AVAILABLE.value
-
     # ------------------------------------------------------------------ status
 
     async def _apply_status(
         self, event: StatusEvent, station: Station | None, context: EventContext
     ) -> EventOutcome:
-        now = context.received_at
-        observed_at = event.observed_at or now
-        station = station or await self._create_station(event, now)
-        new_status = _effective_status(station, event.device.status.value)
-        if station.status_changed_at is not None and observed_at < station.status_changed_at:
-            data = {
-                "station_id": str(station.id),
-                "station_serial": station.serial_number,
-                "status": station.status,
-                "status_changed": False,
-                "applied": False,
-            }
-            return EventOutcome(
-                SyncOutcome.STALE, "Older than the last status change; not applied", data, station.id
-            )
-        channel_changed = False
-        hardware = dict(station.hardware_info)
-        if event.channels:
-            known = dict(hardware.get("channels") or {})
-            reported = {name: status.value for name, status in event.channels.items()}
-            channel_changed = event.channel is not None and known.get(event.channel) != reported.get(
-                event.channel
-            )
-            hardware["channels"] = {**known, **reported}
-        changed = await self._change_status(
-            station, new_status, "status", observed_at, channel=event.channel, channel_changed=channel_changed
+        station = station or await self._create_station(event, context.received_at)
+        applied = await self._write_status(event, station, context)
+        return self._status_outcome(applied, station)
+
+    async def _write_status(
+        self, event: StatusEvent, station: Station | None, context: EventContext
+    ) -> event_writes.Applied:
+        status = event_writes.StatusInput(
+            reported=event.device.status.value,
+            observed_at=event.observed_at or context.received_at,
+            channel=event.channel,
+            channels={name: value.value for name, value in event.channels.items()}
+            if event.channels
+            else None,
+            hardware_info=event.device.hardware_info.to_wire() if event.device.hardware_info else None,
+            last_heartbeat=event.device.last_heartbeat,
         )
-        if event.device.hardware_info is not None:
-            hardware.update(event.device.hardware_info.to_wire())
-        if hardware != station.hardware_info:
-            station.hardware_info = hardware
-        if event.device.last_heartbeat is not None:
-            station.last_heartbeat = event.device.last_heartbeat
-        elif new_status != StationStatus.OFFLINE.value:
-            # An OFFLINE event reports silence: it is not a sign of life, so it does not move the heartbeat.
-            station.last_heartbeat = observed_at
-        data = {
-            "station_id": str(station.id),
-            "station_serial": station.serial_number,
-            "status": station.status,
-            "status_changed": changed,
-            "applied": True,
-        }
-        return EventOutcome(SyncOutcome.SUCCESS, "Station status recorded", data, station.id)
+        return await event_writes.apply_status(
+            self.session, dialect_name(self.session), self._event_keys(event, context), status, station
+        )
+
+    @staticmethod
+    def _status_outcome(applied: event_writes.Applied, station: Station | None) -> EventOutcome:
+        calc = applied.calc
+        if calc is None:
+            raise EventProcessingFailed("Station status could not be applied")
+        data: dict[str, Any] = dict(calc["result"])
+        if calc["stale"]:
+            return EventOutcome(
+                SyncOutcome.STALE,
+                "Older than the last status change; not applied",
+                data,
+                calc["station_id"],
+                finished=True,
+            )
+        if station is not None:
+            event_writes.mirror_station(
+                station,
+                {
+                    "status": calc["new_status"],
+                    "status_changed_at": calc["status_changed_at"],
+                    "hardware_info": calc["hardware_info"],
+                    "last_heartbeat": calc["last_heartbeat"],
+                },
+            )
+        return EventOutcome(
+            SyncOutcome.SUCCESS, "Station status recorded", data, calc["station_id"], finished=True
+        )
 
     # ------------------------------------------------------------------ slot_event
 
     async def _apply_slot_event(
         self, event: SlotEvent, station: Station | None, context: EventContext
     ) -> EventOutcome:
-        now = context.received_at
-        observed_at = event.observed_at or now
         if station is None:
-            raise ValidationFailed(
-                f"Unknown station {event.device.identity}",
-                details={"device.imei": ["no station with this identity"]},
-            )
-        data: dict[str, Any] = {
-            "station_id": str(station.id),
-            "station_serial": station.serial_number,
-            "slot_number": event.slot_number,
-            "slot_status": event.slot_status.value,
-            "power_bank_serial": event.power_bank_serial,
-            "applied": False,
-        }
-        if station.observed_at is not None and observed_at < station.observed_at:
-            return EventOutcome(
-                SyncOutcome.STALE, "Older than the last snapshot; not applied", data, station.id
-            )
-
-        existing_slot = await self._known_slot(station, event.slot_number, "slot_number")
-        code = f"0x{event.state_code:02x}"
-        if event.state_code != _RETURN_SUCCESS_STATE:
-            await self.stations.count_fault(station.id, "slot_event", code, observed_at)
-            logger.info("slot_event_failed", station_id=str(station.id), slot=event.slot_number, code=code)
-        metadata = dict(existing_slot.slot_metadata) if existing_slot is not None else {}
-        metadata.update(
-            {
-                "state_code": event.state_code,
-                "state_name": event.state_name,
-                "state_description": event.state_description,
-                "control_index": event.control_index,
-                "last_updated": observed_at.isoformat(),
-            }
-        )
-        battery = event.battery_level or 0
-        bank: PowerBank | None = None
-        if event.power_bank_serial:
-            bank = await self._bank_for_serial(event.power_bank_serial, now)
-            battery = event.battery_level if event.battery_level is not None else bank.battery_level
-        await self.stations.place_in_slot(
-            station.id,
-            SlotObservation(
-                event.slot_number, event.slot_status.value, battery, bank.id if bank else None, metadata
-            ),
-            now,
-        )
-        if bank is not None:
-            self._mark_bank_present(bank, station.id, event.slot_number, battery, now)
-            fault = event.power_bank_status in _DEVICE_FAULT_STATUSES
-            await self.banks.record_condition(
-                bank,
-                BankCondition.FAULT if fault else BankCondition.HEALTHY,
-                code if fault else None,
-                station_id=station.id,
-                slot_number=event.slot_number,
-                source="slot_event",
-                at=observed_at,
-            )
-        data["applied"] = True
-        return EventOutcome(SyncOutcome.SUCCESS, "Slot updated", data, station.id)
+            raise _unknown_station(event)
+        applied = await self._write_slot(event, station, context, None)
+        return self._slot_outcome(event, applied, station, context.received_at)
 
     # ------------------------------------------------------------------ return_failed
 
@@ -745,58 +1024,58 @@ class StationEventProcessor:
     ) -> EventOutcome:
         """A 0x40 that is not a return: recorded (sync log), counted per state code, noted on the slot.
         Nothing changes hands: no rental is closed and no bank moves."""
-        observed_at = event.observed_at or context.received_at
         if station is None:
-            raise ValidationFailed(
-                f"Unknown station {event.device.identity}",
-                details={"device.imei": ["no station with this identity"]},
-            )
-        existing_slot = await self._known_slot(station, event.slot_number, "slot_number")
-        code = f"0x{event.state_code:02x}"
-        await self.stations.count_fault(station.id, "return_failed", code, observed_at)
-        if existing_slot is not None:
-            existing_slot.slot_metadata = {
-                **existing_slot.slot_metadata,
-                "last_return_failure": {
-                    "state_code": code,
-                    "state_name": event.state_name,
-                    "power_bank_serial": event.power_bank_serial,
-                    "at": observed_at.isoformat(),
-                },
-            }
-        logger.warning(
-            "return_failed",
-            station_id=str(station.id),
-            slot=event.slot_number,
-            code=code,
-            state=event.state_name,
-            power_bank_serial=event.power_bank_serial,
-        )
-        data: dict[str, Any] = {
-            "station_id": str(station.id),
-            "station_serial": station.serial_number,
-            "slot_number": event.slot_number,
-            "state_code": code,
-            "state_name": event.state_name,
-            "power_bank_serial": event.power_bank_serial,
-        }
-        return EventOutcome(SyncOutcome.SUCCESS, "Failed return recorded", data, station.id)
+            raise _unknown_station(event)
+        applied = await self._write_slot(event, station, context, None)
+        return self._slot_outcome(event, applied, station, context.received_at)
 
     # ------------------------------------------------------------------ command_result
 
     async def _apply_command_result(
         self, event: CommandResultEvent, station: Station | None, context: EventContext
     ) -> EventOutcome:
-        station_id = station.id if station is not None else None
-        settled = await self.hooks.command_results.settle(self.session, event, station_id)
-        data: dict[str, Any] = {
-            "station_id": str(station_id) if station_id else None,
-            "command_id": event.command_id,
-            "cmd": event.cmd,
-            "outcome": event.outcome,
-            "acknowledged": True,
-            "settled": settled,
-        }
+        applied = await self._write_command_result(event, context, direct=False)
+        return await self._command_result_outcome(event, applied, context)
+
+    async def _write_command_result(
+        self, event: CommandResultEvent, context: EventContext, *, direct: bool
+    ) -> event_writes.Applied:
+        reply = event.reply or {}
+        serial = str(reply["sn"]) if event.cmd in ("popup_sn", "popup") and reply.get("sn") else None
+        return await event_writes.apply_command_record(
+            self.session,
+            dialect_name(self.session),
+            self._event_keys(event, context),
+            result_fields={
+                "command_id": event.command_id,
+                "cmd": event.cmd,
+                "outcome": event.outcome,
+                "acknowledged": True,
+                "settled": None,
+            },
+            command_id=event.command_id,
+            reply_serial=serial,
+            settles=True,
+            direct=direct,
+        )
+
+    async def _command_result_outcome(
+        self, event: CommandResultEvent, applied: event_writes.Applied, context: EventContext
+    ) -> EventOutcome:
+        calc = applied.calc
+        if calc is None:
+            raise EventProcessingFailed("Command result could not be recorded")
+        station_id: uuid.UUID | None = calc["station_id"]
+        data: dict[str, Any] = dict(calc["result"])
+        if not calc["refused"]:
+            return EventOutcome(
+                SyncOutcome.SUCCESS, "Command result recorded", data, station_id, finished=True
+            )
+        # A pending rental may be settled by this late reply: the rentals domain decides, then the result
+        # and the sync-log row are written (by process() or _apply_direct: the outcome is not finished).
+        data["settled"] = await rental_events.settle_command_result(
+            self.session, self.rentals.settings, self.rentals.payment_settings.currency, event, station_id
+        )
         return EventOutcome(SyncOutcome.SUCCESS, "Command result recorded", data, station_id)
 
     @staticmethod
@@ -855,9 +1134,27 @@ def _snapshot_condition(listed: PowerBankStatus | None, slot: _SlotRow) -> tuple
     return BankCondition.HEALTHY, None
 
 
+def _unknown_station(event: StationEvent) -> ValidationFailed:
+    return ValidationFailed(
+        f"Unknown station {event.device.identity}",
+        details={"device.imei": ["no station with this identity"]},
+    )
+
+
 def _effective_status(station: Station, reported: str) -> str:
     """An operator's maintenance flag pins the station's status; devices report everything else."""
     return StationStatus.MAINTENANCE.value if station.is_maintenance else reported
+
+
+def _serials_named(event: StationEvent) -> list[str]:
+    """The bank serials an event names (the claim tells which of them have an open rental)."""
+    if isinstance(event, FullEvent):
+        named = {slot.power_bank_serial for slot in event.slots if slot.power_bank_serial}
+        named.update(bank.serial_number for bank in event.power_banks)
+        return sorted(named)
+    if isinstance(event, ReturnedEvent):
+        return [event.return_event.power_bank_serial]
+    return []
 
 
 # Column widths of the identifiers an event names (stations.imei, power_banks.serial_number).

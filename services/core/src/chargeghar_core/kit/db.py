@@ -94,6 +94,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # No pool_pre_ping: it costs two round trips (BEGIN; ROLLBACK) on every checkout, i.e. on every
         # request. A connection broken by a server restart fails one request (answered 500, retried by
         # the ingest) and is then discarded; pool_recycle retires idle connections before servers do.
+        pool_timeout=settings.pool_timeout_s,
         pool_recycle=1800,
         connect_args={"timeout": settings.connect_timeout_s},
     )

@@ -18,8 +18,10 @@ from chargeghar_core.powerbanks.models import (
     OperatorStatus,
     PowerBank,
     PowerBankConditionHistory,
+    PowerBankModel,
     PowerBankStatus,
 )
+from chargeghar_core.powerbanks.repository import PowerBankRepository
 from chargeghar_core.powerbanks.schemas import (
     BankLocation,
     BankRentalView,
@@ -28,9 +30,11 @@ from chargeghar_core.powerbanks.schemas import (
     OperatorActionView,
     OperatorStatusChange,
     PowerBankDetail,
+    PowerBankModelCreate,
     PowerBankStatusUpdate,
     PowerBankView,
 )
+from chargeghar_core.powerbanks.service import ModelCatalog
 from chargeghar_core.rentals.models import OPEN_STATUSES, Rental
 from chargeghar_core.stations.models import Station
 
@@ -227,3 +231,28 @@ def _rental_view(rental: Rental) -> BankRentalView:
         charged_paisa=rental.charged_paisa,
         created_at=rental.created_at,
     )
+
+
+async def create_model(
+    session: AsyncSession, catalog: ModelCatalog, body: PowerBankModelCreate, actor: TokenClaims
+) -> PowerBankModel:
+    """Map a serial prefix to a model and capacity (one prefix, one mapping), audited; the process's model
+    cache is dropped so the next snapshot sees it (other replicas within the catalog's TTL)."""
+    repository = PowerBankRepository(session)
+    if await repository.prefix_mapped(body.serial_prefix):
+        raise Conflict(f"Prefix {body.serial_prefix} is mapped already", code="PREFIX_TAKEN")
+    row = PowerBankModel(
+        id=uuid.uuid4(), serial_prefix=body.serial_prefix, model=body.model, capacity_mah=body.capacity_mah
+    )
+    await repository.add_model(row)
+    catalog.invalidate()
+    await record_staff_action(
+        session,
+        actor=actor,
+        action="powerbank_model.create",
+        target_type="powerbank_model",
+        target_id=str(row.id),
+        details=body.model_dump(mode="json"),
+        outcome="applied",
+    )
+    return row

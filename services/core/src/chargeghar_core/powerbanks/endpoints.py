@@ -9,11 +9,9 @@ from fastapi import APIRouter, Query, Request
 
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
-from chargeghar_core.kit.errors import Conflict
 from chargeghar_core.kit.openapi import errors
 from chargeghar_core.kit.schemas import Envelope, Page, PageNumber
-from chargeghar_core.powerbanks.admin import bank_detail, set_operator_status
-from chargeghar_core.powerbanks.models import PowerBankModel
+from chargeghar_core.powerbanks.admin import bank_detail, create_model, set_operator_status
 from chargeghar_core.powerbanks.repository import PowerBankRepository
 from chargeghar_core.powerbanks.schemas import (
     BankStatusFilter,
@@ -118,18 +116,11 @@ async def list_power_bank_models(_staff: StaffUser, session: DbSession) -> Envel
     "/powerbank-models",
     response_model=Envelope[PowerBankModelView],
     status_code=201,
-    summary="Map a serial prefix to a model and capacity (used for banks seen for the first time)",
+    summary="Map a serial prefix to a model and capacity (used for banks seen for the first time; audited)",
     responses=errors((409, "PREFIX_TAKEN", "The prefix is mapped already")),
 )
 async def create_power_bank_model(
-    body: PowerBankModelCreate, _staff: StaffUser, session: DbSession, request: Request
+    body: PowerBankModelCreate, staff: StaffUser, session: DbSession, request: Request
 ) -> Envelope[PowerBankModelView]:
-    repository = PowerBankRepository(session)
-    if await repository.prefix_mapped(body.serial_prefix):
-        raise Conflict(f"Prefix {body.serial_prefix} is mapped already", code="PREFIX_TAKEN")
-    row = PowerBankModel(
-        id=uuid.uuid4(), serial_prefix=body.serial_prefix, model=body.model, capacity_mah=body.capacity_mah
-    )
-    await repository.add_model(row)
-    request.app.state.model_catalog.invalidate()
+    row = await create_model(session, request.app.state.model_catalog, body, staff)
     return Envelope(message="Power bank model created", data=PowerBankModelView.model_validate(row))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import case, func, literal_column, or_, select, text
+from sqlalchemy import case, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -67,108 +66,44 @@ class BankWritten:
     battery_level: int
 
 
+def bank_upsert_set(table: Any, excluded: Any) -> dict[str, Any]:
+    """What an observed bank overwrites when it exists (``ON CONFLICT (serial_number) DO UPDATE SET``): the
+    one definition behind every bank upsert, whatever the dialect or the statement around it.
+
+    Model and capacity are only set on insert (an admin may have corrected them); operator-held statuses
+    survive; an unknown battery (the marker in the info) keeps the stored level; the condition follows the
+    report, and its timestamp moves only when it changed."""
+    condition_changed = or_(
+        table.c.condition.is_distinct_from(excluded.condition),
+        table.c.condition_code.is_distinct_from(excluded.condition_code),
+    )
+    return {
+        "status": case((table.c.status.in_(_HELD_STATUSES), table.c.status), else_=excluded.status),
+        "battery_level": case(
+            (excluded.hardware_info[BATTERY_UNKNOWN_KEY].as_string().is_not(None), table.c.battery_level),
+            else_=excluded.battery_level,
+        ),
+        "hardware_info": excluded.hardware_info,
+        "condition": excluded.condition,
+        "condition_code": excluded.condition_code,
+        "condition_changed_at": case(
+            (condition_changed, excluded.last_seen_at), else_=table.c.condition_changed_at
+        ),
+        "current_station_id": excluded.current_station_id,
+        "current_slot_number": excluded.current_slot_number,
+        "last_seen_at": excluded.last_seen_at,
+        "modified_at": excluded.last_seen_at,
+    }
+
+
 @lru_cache(maxsize=4)
 def _bank_upsert(dialect: str) -> Any:
     """Built once per dialect: constructing ``.excluded`` and the clauses costs more than executing."""
     table = table_of(PowerBank)
     statement = insert_for_dialect(dialect, table)
-    excluded = statement.excluded
-    condition_changed = or_(
-        table.c.condition.is_distinct_from(excluded.condition),
-        table.c.condition_code.is_distinct_from(excluded.condition_code),
-    )
     return statement.on_conflict_do_update(
-        index_elements=[table.c.serial_number],
-        set_={
-            "status": case((table.c.status.in_(_HELD_STATUSES), table.c.status), else_=excluded.status),
-            "battery_level": excluded.battery_level,
-            "hardware_info": excluded.hardware_info,
-            "condition": excluded.condition,
-            "condition_code": excluded.condition_code,
-            "condition_changed_at": case(
-                (condition_changed, excluded.last_seen_at), else_=table.c.condition_changed_at
-            ),
-            "current_station_id": excluded.current_station_id,
-            "current_slot_number": excluded.current_slot_number,
-            "last_seen_at": excluded.last_seen_at,
-            "modified_at": excluded.last_seen_at,
-        },
+        index_elements=[table.c.serial_number], set_=bank_upsert_set(table, statement.excluded)
     ).returning(table.c.serial_number, table.c.id, table.c.battery_level)
-
-
-# The PostgreSQL bank upsert, shared with the snapshot statement of ``iot.repository``. ``input`` holds the
-# banks (arrays, so the SQL text never changes and is prepared once per connection); ``prior`` sees the rows
-# as they were before this statement (every CTE reads the same snapshot), so a change of the device-reported
-# condition is written to the history in the same statement. An unknown battery (marker in the info)
-# keeps the stored level; operator-held statuses survive.
-PG_BANK_UPSERT_CTES = """
-    input AS (
-        SELECT * FROM unnest(CAST(:serials AS text[]), CAST(:models AS text[]), CAST(:capacities AS int[]),
-            CAST(:statuses AS text[]), CAST(:batteries AS int[]), CAST(:infos AS text[]),
-            CAST(:station_ids AS uuid[]), CAST(:slots AS int[]), CAST(:conditions AS text[]),
-            CAST(:codes AS text[]))
-            AS t(serial, model, capacity, status, battery, info, station_id, slot, condition, code)
-    ), prior AS (
-        SELECT id, serial_number, condition, condition_code FROM power_banks
-        WHERE serial_number = ANY(CAST(:serials AS text[]))
-    ), banks AS (
-        INSERT INTO power_banks (id, serial_number, model, capacity_mah, status, battery_level, hardware_info,
-            current_station_id, current_slot_number, total_rentals, charge_cycles, last_seen_at, created_at,
-            condition, condition_code, condition_changed_at)
-        SELECT gen_random_uuid(), t.serial, t.model, t.capacity, t.status, COALESCE(t.battery, 0),
-            CAST(t.info AS jsonb), t.station_id, t.slot, 0, 0, CAST(:seen_at AS timestamptz),
-            CAST(:seen_at AS timestamptz), t.condition, t.code, CAST(:seen_at AS timestamptz)
-        FROM input t
-        ON CONFLICT (serial_number) DO UPDATE SET
-            status = CASE WHEN power_banks.status IN ('MAINTENANCE', 'DAMAGED', 'RETIRED')
-                          THEN power_banks.status ELSE excluded.status END,
-            battery_level = CASE WHEN (excluded.hardware_info ->> 'battery_unknown') IS NOT NULL
-                                 THEN power_banks.battery_level ELSE excluded.battery_level END,
-            hardware_info = excluded.hardware_info,
-            condition = excluded.condition,
-            condition_code = excluded.condition_code,
-            condition_changed_at = CASE
-                WHEN power_banks.condition IS DISTINCT FROM excluded.condition
-                  OR power_banks.condition_code IS DISTINCT FROM excluded.condition_code
-                THEN excluded.last_seen_at ELSE power_banks.condition_changed_at END,
-            current_station_id = excluded.current_station_id,
-            current_slot_number = excluded.current_slot_number,
-            last_seen_at = excluded.last_seen_at,
-            modified_at = excluded.last_seen_at
-        RETURNING serial_number, id, current_slot_number, battery_level
-    ), condition_history AS (
-        INSERT INTO power_bank_condition_history (id, power_bank_id, previous_condition, previous_code,
-            condition, condition_code, station_id, slot_number, source, changed_at)
-        SELECT gen_random_uuid(), b.id, p.condition, p.condition_code, t.condition, t.code, t.station_id,
-            t.slot, :source, CAST(:seen_at AS timestamptz)
-        FROM banks b JOIN input t ON t.serial = b.serial_number
-        LEFT JOIN prior p ON p.serial_number = b.serial_number
-        WHERE (p.id IS NULL AND t.condition <> 'HEALTHY')
-           OR (p.id IS NOT NULL AND (p.condition IS DISTINCT FROM t.condition
-                                     OR p.condition_code IS DISTINCT FROM t.code))
-        RETURNING 1
-    )
-"""
-
-_PG_BANK_UPSERT = text(f"WITH {PG_BANK_UPSERT_CTES} SELECT serial_number, id, battery_level FROM banks")  # noqa: S608
-
-
-def pg_bank_params(banks: Sequence[BankObservation], seen_at: datetime, source: str) -> dict[str, Any]:
-    """The parameters of :data:`PG_BANK_UPSERT_CTES`."""
-    return {
-        "seen_at": seen_at,
-        "source": source,
-        "serials": [bank.serial_number for bank in banks],
-        "models": [bank.model for bank in banks],
-        "capacities": [bank.capacity_mah for bank in banks],
-        "statuses": [bank.status for bank in banks],
-        "batteries": [bank.battery_level for bank in banks],
-        "infos": [json.dumps(bank.stored_info()) for bank in banks],
-        "station_ids": [bank.station_id for bank in banks],
-        "slots": [bank.slot_number for bank in banks],
-        "conditions": [bank.condition for bank in banks],
-        "codes": [bank.condition_code for bank in banks],
-    }
 
 
 class PowerBankRepository:
@@ -184,7 +119,8 @@ class PowerBankRepository:
     async def upsert_observed(
         self, banks: Sequence[BankObservation], seen_at: datetime, *, source: str = "full"
     ) -> dict[str, BankWritten]:
-        """Insert unknown banks and update known ones in ONE statement; returns serial → written bank.
+        """Insert unknown banks and update known ones with ONE multi-row upsert (after one read of their prior
+        state); returns serial → written bank.
 
         Model and capacity are only set on insert (an admin may have corrected them); operator-held
         statuses (maintenance, damaged) survive; a bank seen in a slot is not rented any more (closing the
@@ -193,30 +129,22 @@ class PowerBankRepository:
         """
         if not banks:
             return {}
-        if dialect_name(self.session) == "postgresql":
-            rows = await self.session.execute(_PG_BANK_UPSERT, pg_bank_params(banks, seen_at, source))
-            return {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
-        return await self._upsert_observed_portable(banks, seen_at, source)
-
-    async def _upsert_observed_portable(
-        self, banks: Sequence[BankObservation], seen_at: datetime, source: str
-    ) -> dict[str, BankWritten]:
-        # SQLite: the prior conditions and levels read first (the writer is serialised anyway).
+        # The prior conditions and levels are read first: a condition change goes to the history, and an
+        # unknown level keeps the stored one. (The one-statement snapshot path of PostgreSQL does this inside
+        # its statement: see ``iot.snapshots``.)
         prior_rows = await self.session.execute(
             select(
                 PowerBank.serial_number,
                 PowerBank.battery_level,
                 PowerBank.condition,
                 PowerBank.condition_code,
-            )
-            .where(PowerBank.serial_number.in_([bank.serial_number for bank in banks]))
-            .execution_options(populate_existing=True)
+            ).where(PowerBank.serial_number.in_([bank.serial_number for bank in banks]))
         )
         prior = {serial: (battery, condition, code) for serial, battery, condition, code in prior_rows}
         # A list of parameter sets is sent as ONE multi-row statement ("insertmanyvalues") that, unlike
         # .values([...]), is compiled once and cached.
         rows = await self.session.execute(
-            _bank_upsert("sqlite"),
+            _bank_upsert(dialect_name(self.session)),
             [
                 {
                     "id": uuid.uuid4(),
@@ -240,6 +168,7 @@ class PowerBankRepository:
             ],
         )
         written = {serial: BankWritten(bank_id, battery) for serial, bank_id, battery in rows}
+        changes = []
         for bank in banks:
             before = prior.get(bank.serial_number)
             changed = (
@@ -248,20 +177,22 @@ class PowerBankRepository:
                 else bank.condition != BankCondition.HEALTHY
             )
             if changed and bank.serial_number in written:
-                self.session.add(
-                    PowerBankConditionHistory(
-                        id=uuid.uuid4(),
-                        power_bank_id=written[bank.serial_number].id,
-                        previous_condition=before[1] if before else None,
-                        previous_code=before[2] if before else None,
-                        condition=bank.condition,
-                        condition_code=bank.condition_code,
-                        station_id=bank.station_id,
-                        slot_number=bank.slot_number,
-                        source=source,
-                        changed_at=seen_at,
-                    )
+                changes.append(
+                    {
+                        "id": uuid.uuid4(),
+                        "power_bank_id": written[bank.serial_number].id,
+                        "previous_condition": before[1] if before else None,
+                        "previous_code": before[2] if before else None,
+                        "condition": bank.condition,
+                        "condition_code": bank.condition_code,
+                        "station_id": bank.station_id,
+                        "slot_number": bank.slot_number,
+                        "source": source,
+                        "changed_at": seen_at,
+                    }
                 )
+        if changes:
+            await self.session.execute(table_of(PowerBankConditionHistory).insert(), changes)
         return written
 
     async def record_condition(

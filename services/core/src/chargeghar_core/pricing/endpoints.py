@@ -52,8 +52,8 @@ async def all_packages(session: DbSession, _staff: StaffUser) -> Envelope[list[P
     response_model=Envelope[PackageOut],
     summary="Create a rental package",
 )
-async def create_package(body: PackageIn, session: DbSession, _staff: StaffUser) -> Envelope[PackageOut]:
-    package = await PricingService(PricingRepository(session)).create_package(body)
+async def create_package(body: PackageIn, session: DbSession, staff: StaffUser) -> Envelope[PackageOut]:
+    package = await PricingService(PricingRepository(session), actor=staff).create_package(body)
     return Envelope(message="Package created", data=PackageOut.model_validate(package))
 
 
@@ -64,9 +64,9 @@ async def create_package(body: PackageIn, session: DbSession, _staff: StaffUser)
     responses=errors((404, "PACKAGE_NOT_FOUND", "No such package")),
 )
 async def update_package(
-    package_id: uuid.UUID, body: PackageUpdate, session: DbSession, _staff: StaffUser
+    package_id: uuid.UUID, body: PackageUpdate, session: DbSession, staff: StaffUser
 ) -> Envelope[PackageOut]:
-    package = await PricingService(PricingRepository(session)).update_package(package_id, body)
+    package = await PricingService(PricingRepository(session), actor=staff).update_package(package_id, body)
     return Envelope(message="Package updated", data=PackageOut.model_validate(package))
 
 
@@ -84,8 +84,8 @@ async def policies(session: DbSession, _staff: StaffUser) -> Envelope[list[Polic
     response_model=Envelope[PolicyOut],
     summary="Create a late-fee policy",
 )
-async def create_policy(body: PolicyIn, session: DbSession, _staff: StaffUser) -> Envelope[PolicyOut]:
-    policy = await PricingService(PricingRepository(session)).create_policy(body)
+async def create_policy(body: PolicyIn, session: DbSession, staff: StaffUser) -> Envelope[PolicyOut]:
+    policy = await PricingService(PricingRepository(session), actor=staff).create_policy(body)
     return Envelope(message="Late-fee policy created", data=PolicyOut.model_validate(policy))
 
 
@@ -96,9 +96,9 @@ async def create_policy(body: PolicyIn, session: DbSession, _staff: StaffUser) -
     responses=errors((404, "POLICY_NOT_FOUND", "No such late-fee policy")),
 )
 async def update_policy(
-    policy_id: uuid.UUID, body: PolicyIn, session: DbSession, _staff: StaffUser
+    policy_id: uuid.UUID, body: PolicyIn, session: DbSession, staff: StaffUser
 ) -> Envelope[PolicyOut]:
-    policy = await PricingService(PricingRepository(session)).update_policy(policy_id, body)
+    policy = await PricingService(PricingRepository(session), actor=staff).update_policy(policy_id, body)
     return Envelope(message="Late-fee policy updated", data=PolicyOut.model_validate(policy))
 
 
@@ -109,9 +109,9 @@ async def update_policy(
     responses=errors((404, "STATION_NOT_FOUND", "No such station")),
 )
 async def set_discount(
-    station_id: uuid.UUID, body: DiscountIn, session: DbSession, _staff: StaffUser
+    station_id: uuid.UUID, body: DiscountIn, session: DbSession, staff: StaffUser
 ) -> Envelope[DiscountOut]:
-    discount = await PricingService(PricingRepository(session)).set_discount(station_id, body)
+    discount = await PricingService(PricingRepository(session), actor=staff).set_discount(station_id, body)
     return Envelope(message="Discount saved", data=DiscountOut.model_validate(discount))
 
 
@@ -121,6 +121,6 @@ async def set_discount(
     summary="Remove a station's discount",
     responses=errors((404, "DISCOUNT_NOT_FOUND", "The station has no discount")),
 )
-async def remove_discount(station_id: uuid.UUID, session: DbSession, _staff: StaffUser) -> Envelope[None]:
-    await PricingService(PricingRepository(session)).remove_discount(station_id)
+async def remove_discount(station_id: uuid.UUID, session: DbSession, staff: StaffUser) -> Envelope[None]:
+    await PricingService(PricingRepository(session), actor=staff).remove_discount(station_id)
     return Envelope(message="Discount removed", data=None)

@@ -1,9 +1,16 @@
-"""Admin rules of pricing: packages, late-fee policies (one default), station discounts."""
+"""Admin rules of pricing: packages, late-fee policies (one default), station discounts.
+
+Every change writes its staff-audit row here, in the caller's transaction, so the admin API and the console
+(the two callers) record the same actions.
+"""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from chargeghar_core.audit.service import record_staff_action
+from chargeghar_core.auth.tokens import TokenClaims
 from chargeghar_core.kit.db import utcnow
 from chargeghar_core.kit.errors import NotFound
 from chargeghar_core.pricing.models import LateFeePolicy, RentalPackage, StationDiscount
@@ -13,14 +20,36 @@ from chargeghar_core.stations.models import Station
 
 
 class PricingService:
-    def __init__(self, repository: PricingRepository) -> None:
+    def __init__(self, repository: PricingRepository, *, actor: TokenClaims) -> None:
         self.repository = repository
+        self.actor = actor
+
+    async def _audit(
+        self,
+        action: str,
+        target_type: str,
+        target_id: uuid.UUID,
+        details: dict[str, Any],
+        *,
+        station_id: uuid.UUID | None = None,
+    ) -> None:
+        await record_staff_action(
+            self.repository.session,
+            actor=self.actor,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            station_id=station_id,
+            details=details,
+            outcome="applied",
+        )
 
     async def create_package(self, body: PackageIn) -> RentalPackage:
         if body.late_fee_policy_id is not None:
             await self._require_policy(body.late_fee_policy_id)
         package = RentalPackage(id=uuid.uuid4(), created_at=utcnow(), **body.model_dump())
         await self.repository.add(package)
+        await self._audit("package.create", "package", package.id, body.model_dump(mode="json"))
         return package
 
     async def update_package(self, package_id: uuid.UUID, body: PackageUpdate) -> RentalPackage:
@@ -33,6 +62,9 @@ class PricingService:
         for name, value in changes.items():
             setattr(package, name, value)
         await self.repository.session.flush()
+        await self._audit(
+            "package.update", "package", package.id, body.model_dump(mode="json", exclude_unset=True)
+        )
         return package
 
     async def create_policy(self, body: PolicyIn) -> LateFeePolicy:
@@ -40,6 +72,9 @@ class PricingService:
             await self.repository.clear_default_policy()
         policy = LateFeePolicy(id=uuid.uuid4(), created_at=utcnow(), **body.model_dump())
         await self.repository.add(policy)
+        await self._audit(
+            "late_fee_policy.create", "late_fee_policy", policy.id, body.model_dump(mode="json")
+        )
         return policy
 
     async def update_policy(self, policy_id: uuid.UUID, body: PolicyIn) -> LateFeePolicy:
@@ -49,6 +84,9 @@ class PricingService:
         for name, value in body.model_dump().items():
             setattr(policy, name, value)
         await self.repository.session.flush()
+        await self._audit(
+            "late_fee_policy.update", "late_fee_policy", policy.id, body.model_dump(mode="json")
+        )
         return policy
 
     async def set_discount(self, station_id: uuid.UUID, body: DiscountIn) -> StationDiscount:
@@ -64,6 +102,9 @@ class PricingService:
             for name, value in body.model_dump().items():
                 setattr(discount, name, value)
             await self.repository.session.flush()
+        await self._audit(
+            "station_discount.set", "station", station_id, body.model_dump(mode="json"), station_id=station_id
+        )
         return discount
 
     async def remove_discount(self, station_id: uuid.UUID) -> None:
@@ -71,6 +112,7 @@ class PricingService:
         if discount is None:
             raise NotFound("No discount for this station", code="DISCOUNT_NOT_FOUND")
         await self.repository.delete(discount)
+        await self._audit("station_discount.remove", "station", station_id, {}, station_id=station_id)
 
     async def _require_policy(self, policy_id: uuid.UUID) -> LateFeePolicy:
         policy = await self.repository.policy(policy_id)

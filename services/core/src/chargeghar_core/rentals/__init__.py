@@ -10,6 +10,7 @@ States::
 
 Where things live: ``service.py`` (every rule, inside one transaction, compare-and-set transitions),
 ``popup.py`` (commit → device → settle, no transaction open while the station is asked),
-``device_commands.py`` (the ingest command API client), ``hooks.py`` (station-event seams),
-``jobs.py`` (overdue, lost, pending re-checks), ``wiring.py`` (routers, hooks, lifespan).
+``device_commands.py`` (the ingest command API client),
+``jobs.py`` (overdue, lost, pending re-checks), ``station_events.py`` (what returns, snapshots and late
+command replies do to rentals; called by station-event processing).
 """

@@ -151,13 +151,15 @@ async def renters(
 @admin_router.put(
     "/api/admin/renters/{user_id}/status",
     response_model=Envelope[RenterOut],
-    summary="Change a renter account's status (with a reason)",
+    summary="Change a renter account's status (with a reason; audited)",
     responses=errors((404, "RENTER_NOT_FOUND", "No renter with this id")),
 )
 async def set_status(
-    user_id: uuid.UUID, body: StatusUpdate, request: Request, session: DbSession, _staff: StaffUser
+    user_id: uuid.UUID, body: StatusUpdate, request: Request, session: DbSession, staff: StaffUser
 ) -> Envelope[RenterOut]:
-    user, profile = await _service(request, session).set_status(user_id, body.status, body.reason)
+    user, profile = await _service(request, session).set_status(
+        user_id, body.status, body.reason, actor=staff
+    )
     return Envelope(message="Status updated", data=RenterOut.of(user, profile))
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from chargeghar_core.audit.service import record_staff_action
 from chargeghar_core.auth.models import Role, User
 from chargeghar_core.auth.repository import UserRepository
 from chargeghar_core.auth.service import RefreshTokenReused
@@ -322,9 +323,11 @@ class RenterService:
         return user, profile
 
     async def set_status(
-        self, user_id: uuid.UUID, status: AccountStatus, reason: str | None
+        self, user_id: uuid.UUID, status: AccountStatus, reason: str | None, *, actor: TokenClaims
     ) -> tuple[User, RenterProfile]:
+        """A staff member's decision, audited in the same transaction (admin API and console alike)."""
         user, profile = await self.profile(user_id)
+        previous = profile.status
         profile.status = status.value
         profile.status_reason = reason
         if status is AccountStatus.SUSPENDED:
@@ -338,6 +341,15 @@ class RenterService:
             payload={"change": "status", "status": status.value},
         )
         await self.renters.session.flush()
+        await record_staff_action(
+            self.renters.session,
+            actor=actor,
+            action="renter.status",
+            target_type="renter",
+            target_id=str(user.id),
+            details={"status_before": previous, "status": status.value, "reason": reason},
+            outcome="applied",
+        )
         return await self.profile(user_id)
 
     def _issue(self, user: User, session_id: uuid.UUID) -> TokenPair:

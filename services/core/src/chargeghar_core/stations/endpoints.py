@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from chargeghar_core.audit.service import record_staff_action
 from chargeghar_core.auth.dependencies import StaffUser
 from chargeghar_core.kit.db import DbSession
 from chargeghar_core.kit.openapi import errors
@@ -191,18 +190,7 @@ async def admin_configure_station(
     station_id: uuid.UUID, update: StationUpdate, staff: StaffUser, session: DbSession
 ) -> Envelope[AdminStationView]:
     service = StationService(StationRepository(session))
-    await service.configure(station_id, update)
-    changes = update.model_dump(exclude_unset=True, mode="json")
-    await record_staff_action(
-        session,
-        actor=staff,
-        action="station.maintenance" if set(changes) == {"is_maintenance"} else "station.configure",
-        target_type="station",
-        target_id=str(station_id),
-        station_id=station_id,
-        details={"changes": changes},
-        outcome="applied",
-    )
+    await service.configure(station_id, update, actor=staff)
     station, rentable = await service.admin_detail(station_id)
     return Envelope(message="Station updated", data=_admin_view(station, rentable, with_slots=True))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -46,42 +45,26 @@ class SlotObservation:
     metadata: dict[str, Any]
 
 
+def slot_upsert_set(excluded: Any) -> dict[str, Any]:
+    """What an observed slot overwrites when it exists (``ON CONFLICT (station_id, slot_number) DO UPDATE``):
+    the one definition behind every slot upsert, whatever the dialect or the statement around it."""
+    return {
+        "status": excluded.status,
+        "battery_level": excluded.battery_level,
+        "power_bank_id": excluded.power_bank_id,
+        "slot_metadata": excluded.slot_metadata,
+        "modified_at": excluded.created_at,
+    }
+
+
 @lru_cache(maxsize=4)
 def _slot_upsert(dialect: str) -> Any:
     """Built once per dialect (constructing ``.excluded`` is costly on the hot path)."""
     table = table_of(StationSlot)
     statement = insert_for_dialect(dialect, table)
-    excluded = statement.excluded
     return statement.on_conflict_do_update(
-        index_elements=[table.c.station_id, table.c.slot_number],
-        set_={
-            "status": excluded.status,
-            "battery_level": excluded.battery_level,
-            "power_bank_id": excluded.power_bank_id,
-            "slot_metadata": excluded.slot_metadata,
-            "modified_at": excluded.created_at,
-        },
+        index_elements=[table.c.station_id, table.c.slot_number], set_=slot_upsert_set(statement.excluded)
     )
-
-
-# PostgreSQL: all slots in one statement whose SQL text never changes (arrays instead of per-row VALUES),
-# so it is prepared once per connection.
-_PG_SLOT_UPSERT = text(
-    """
-    INSERT INTO station_slots (id, station_id, slot_number, status, battery_level, power_bank_id,
-        slot_metadata, created_at)
-    SELECT gen_random_uuid(), CAST(:station_id AS uuid), t.number, t.status, t.battery, t.bank,
-        CAST(t.metadata AS jsonb), CAST(:now AS timestamptz)
-    FROM unnest(CAST(:numbers AS int[]), CAST(:statuses AS text[]), CAST(:batteries AS int[]),
-        CAST(:bank_ids AS uuid[]), CAST(:metadata AS text[])) AS t(number, status, battery, bank, metadata)
-    ON CONFLICT (station_id, slot_number) DO UPDATE SET
-        status = excluded.status,
-        battery_level = excluded.battery_level,
-        power_bank_id = excluded.power_bank_id,
-        slot_metadata = excluded.slot_metadata,
-        modified_at = excluded.created_at
-    """
-)
 
 
 @lru_cache(maxsize=1)
@@ -111,9 +94,8 @@ class StationRepository:
     async def lock_by_imei(self, imei: str) -> Station | None:
         """The station row, locked until the transaction ends (PostgreSQL), so that two events of one
         station apply one after the other and the stale-snapshot check sees the newest ``observed_at``."""
-        query = select(Station).where(Station.imei == imei)
-        if dialect_name(self.session) == "postgresql":
-            query = query.with_for_update()
+        # SQLite renders no FOR UPDATE (it serialises writers anyway).
+        query = select(Station).where(Station.imei == imei).with_for_update()
         rows = await self.session.execute(query.execution_options(populate_existing=True))
         return rows.scalar_one_or_none()
 
@@ -175,8 +157,8 @@ class StationRepository:
         """Before a snapshot's slots are written: empty every slot of this station and any slot elsewhere
         holding one of ``bank_ids`` (so the one-slot-per-bank unique constraint holds at every statement;
         a slot elsewhere that lost its bank is no longer occupied), and detach banks recorded at this
-        station that the snapshot no longer lists. (PostgreSQL merges this into the bank upsert: see
-        ``iot.repository.SnapshotWriter``.)"""
+        station that the snapshot no longer lists. (The one-statement path of ``iot.snapshots`` does the
+        same with CTEs.)"""
         slots = table_of(StationSlot)
         condition = slots.c.station_id == station_id
         if bank_ids:
@@ -210,23 +192,9 @@ class StationRepository:
         """Every observed slot of one station in ONE ``INSERT … ON CONFLICT DO UPDATE``."""
         if not slots:
             return
-        if dialect_name(self.session) == "postgresql":
-            await self.session.execute(
-                _PG_SLOT_UPSERT,
-                {
-                    "station_id": station_id,
-                    "now": now,
-                    "numbers": [slot.slot_number for slot in slots],
-                    "statuses": [slot.status for slot in slots],
-                    "batteries": [slot.battery_level for slot in slots],
-                    "bank_ids": [slot.power_bank_id for slot in slots],
-                    "metadata": [json.dumps(slot.metadata) for slot in slots],
-                },
-            )
-            return
-        # SQLite: parameter sets, not .values([...]): one cached statement executed for all rows at once.
+        # Parameter sets, not .values([...]): one cached statement executed for all rows at once.
         await self.session.execute(
-            _slot_upsert("sqlite"),
+            _slot_upsert(dialect_name(self.session)),
             [
                 {
                     "id": uuid.uuid4(),

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from chargeghar_protocol.contract import StationStatus
 
+from chargeghar_core.audit.service import record_staff_action
+from chargeghar_core.auth.tokens import TokenClaims
 from chargeghar_core.kit.errors import BadRequest, Conflict, NotFound
 from chargeghar_core.stations.models import Station, StationStatusHistory
 from chargeghar_core.stations.repository import StationRepository
@@ -109,7 +111,8 @@ class StationService:
         counts = await self.repository.rentable_counts([station.id])
         return station, _rentable(station, counts)
 
-    async def configure(self, station_id: uuid.UUID, update: StationUpdate) -> Station:
+    async def configure(self, station_id: uuid.UUID, update: StationUpdate, *, actor: TokenClaims) -> Station:
+        """Apply an admin's change and write its staff-audit row (admin API and console alike)."""
         station = await self.repository.get(station_id)
         if station is None:
             raise NotFound(f"No station {station_id}")
@@ -136,6 +139,17 @@ class StationService:
                 )
             station.is_deployed = bool(changes["is_deployed"])
         await self.repository.session.flush()
+        logged = update.model_dump(exclude_unset=True, mode="json")
+        await record_staff_action(
+            self.repository.session,
+            actor=actor,
+            action="station.maintenance" if set(logged) == {"is_maintenance"} else "station.configure",
+            target_type="station",
+            target_id=str(station_id),
+            station_id=station_id,
+            details={"changes": logged},
+            outcome="applied",
+        )
         return station
 
     async def _set_maintenance(self, station: Station, on: bool) -> None:
