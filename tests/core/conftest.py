@@ -12,13 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from chargeghar_core.kit.db import create_engine
 from chargeghar_core.kit.migrate import migrate
 from chargeghar_core.settings import (
     DatabaseSettings,
 )
 from core_support import CoreClient, StatementCounter, make_settings, running_client
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 # --------------------------------------------------------------------------------------------- database
 
@@ -27,6 +28,48 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 def core_database_url(database_url: str) -> str:
     """The session's database: PostgreSQL when reachable (always in CI), otherwise SQLite."""
     return database_url
+
+
+# --------------------------------------------------------------------------------------------- both dialects
+# For the tests of the statements themselves: each runs on SQLite and on PostgreSQL (marked ``postgres``:
+# skipped without a server, required in CI), so the dialect-specific statements are held to one behaviour.
+
+
+@pytest.fixture(scope="session")
+async def sqlite_dialect_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('both_dialects') / 'core.sqlite3'}"
+    await migrate(DatabaseSettings(url=url))
+    return url
+
+
+@pytest.fixture(scope="session")
+async def postgres_dialect_url(postgres_url: str) -> str:
+    await migrate(DatabaseSettings(url=postgres_url))
+    return postgres_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def dialect_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_dialect_url" if request.param == "sqlite" else "postgres_dialect_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+async def dialect_engine(dialect_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(url=dialect_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def dialect_db(dialect_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session on either dialect inside a transaction that is rolled back after the test."""
+    async with dialect_engine.connect() as connection:
+        outer = await connection.begin()
+        maker = async_sessionmaker(bind=connection, join_transaction_mode="create_savepoint", autoflush=False)
+        async with maker() as session:
+            yield session
+        await outer.rollback()
 
 
 # --------------------------------------------------------------------------------------------- app + client

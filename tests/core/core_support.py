@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +174,23 @@ class StatementCounter:
     @property
     def count(self) -> int:
         return len(self.statements)
+
+
+async def sent_by(counter: StatementCounter, send: Callable[[], Awaitable[Any]]) -> list[str]:
+    """The statements ``send`` (a request expected to succeed) sent, in order."""
+    counter.statements.clear()
+    counter.active = True
+    try:
+        response = await send()
+    finally:
+        counter.active = False
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] is True
+    return list(counter.statements)
+
+
+def on_postgres(client: CoreClient) -> bool:
+    return str(client.app.state.settings.db.url).startswith("postgresql")
 
 
 # --------------------------------------------------------------------------------------------- events

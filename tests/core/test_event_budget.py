@@ -23,26 +23,12 @@ from core_support import (
     full_event,
     new_bank_serial,
     new_imei,
+    on_postgres,
     returned_event,
+    sent_by,
     status_event,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-
-
-def _postgres(client: CoreClient) -> bool:
-    return str(client.app.state.settings.db.url).startswith("postgresql")
-
-
-async def _measured(counter: StatementCounter, send: Callable[[], Awaitable[Any]]) -> list[str]:
-    counter.statements.clear()
-    counter.active = True
-    try:
-        response = await send()
-    finally:
-        counter.active = False
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True
-    return list(counter.statements)
 
 
 def _slot_event(imei: str, bank: str, slot: int, state_code: int = 1) -> dict[str, Any]:
@@ -102,8 +88,8 @@ async def test_small_events_cost_one_statement_besides_begin_and_commit(
         "return_failed": lambda: client.sync(_return_failed(imei, 1)),
         "command_result": lambda: client.sync(_command_result(imei)),
     }
-    counts = {name: len(await _measured(statement_counter, send)) for name, send in sends.items()}
-    if _postgres(client):
+    counts = {name: len(await sent_by(statement_counter, send)) for name, send in sends.items()}
+    if on_postgres(client):
         # SAVEPOINT (BEGIN), the event's one statement, RELEASE (COMMIT).
         assert counts == dict.fromkeys(sends, 3), counts
     else:
@@ -115,10 +101,10 @@ async def test_small_events_cost_one_statement_besides_begin_and_commit(
 async def test_the_first_status_of_a_new_station_costs_more_but_is_bounded(
     client: CoreClient, statement_counter: StatementCounter
 ) -> None:
-    statements = await _measured(statement_counter, lambda: client.sync(status_event(new_imei(), "ONLINE")))
+    statements = await sent_by(statement_counter, lambda: client.sync(status_event(new_imei(), "ONLINE")))
     # PostgreSQL: the one statement finds no station; the placeholder is created and locked (insert +
     # select) and the status applied to it: 3 + 3.
-    assert len(statements) <= (6 if _postgres(client) else 12), statements
+    assert len(statements) <= (6 if on_postgres(client) else 12), statements
 
 
 async def test_a_duplicate_small_event_is_answered_from_its_stored_result(
@@ -128,11 +114,11 @@ async def test_a_duplicate_small_event_is_answered_from_its_stored_result(
     assert (await client.sync(full_event(imei, {1: None}))).status_code == 200
     event = status_event(imei, "ONLINE")
     first = await client.sync(event)
-    statements = await _measured(statement_counter, lambda: client.sync(event))
+    statements = await sent_by(statement_counter, lambda: client.sync(event))
     assert first.json()["data"]["applied"] is True
     # PostgreSQL: the one statement claims nothing, then the stored result is read and the DUPLICATE row
     # written.
-    assert len(statements) <= (5 if _postgres(client) else 8), statements
+    assert len(statements) <= (5 if on_postgres(client) else 8), statements
 
 
 async def test_a_return_with_an_open_rental_goes_through_the_rentals_step(
@@ -150,8 +136,8 @@ async def test_a_return_with_an_open_rental_goes_through_the_rentals_step(
     imei = new_imei()
     bank = new_bank_serial()
     assert (await client.sync(full_event(imei, {1: None, 2: bank}))).status_code == 200
-    statements = await _measured(statement_counter, lambda: client.sync(returned_event(imei, bank, 1)))
+    statements = await sent_by(statement_counter, lambda: client.sync(returned_event(imei, bank, 1)))
     # The rentals step needs the bank row and the open rental before the set-based write: SAVEPOINT, claim
     # + lock, the bank, [the rentals' own statements: none with this stand-in], the slot write (result and
     # sync log included), RELEASE. A real open rental adds its lock, transition, charges and notification.
-    assert len(statements) <= (5 if _postgres(client) else 16), statements
+    assert len(statements) <= (5 if on_postgres(client) else 16), statements

@@ -7,7 +7,6 @@ directly (a stale event, the claim folded into the statement)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +15,6 @@ from chargeghar_core.iot import event_writes
 from chargeghar_core.iot.event_writes import EventKeys, SlotInput, StatusInput
 from chargeghar_core.iot.models import ProcessedEvent
 from chargeghar_core.kit.db import create_engine, dialect_name
-from chargeghar_core.kit.migrate import migrate
 from chargeghar_core.powerbanks.models import PowerBank, PowerBankConditionHistory
 from chargeghar_core.settings import DatabaseSettings
 from chargeghar_core.stations.models import (
@@ -28,44 +26,13 @@ from chargeghar_core.stations.models import (
 )
 from core_support import new_bank_serial, new_imei
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-
-@pytest.fixture(scope="session")
-async def sqlite_writes_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('event_writes') / 'core.sqlite3'}"
-    await migrate(DatabaseSettings(url=url))
-    return url
-
-
-@pytest.fixture(scope="session")
-async def postgres_writes_url(postgres_url: str) -> str:
-    await migrate(DatabaseSettings(url=postgres_url))
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def writes_url(request: pytest.FixtureRequest) -> str:
-    fixture = "sqlite_writes_url" if request.param == "sqlite" else "postgres_writes_url"
-    return str(request.getfixturevalue(fixture))
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 @pytest.fixture
-async def writes_engine(writes_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(url=writes_url))
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def db(writes_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """A session inside a transaction that is rolled back after the test."""
-    async with writes_engine.connect() as connection:
-        outer = await connection.begin()
-        maker = async_sessionmaker(bind=connection, join_transaction_mode="create_savepoint", autoflush=False)
-        async with maker() as session:
-            yield session
-        await outer.rollback()
+def db(dialect_db: AsyncSession) -> AsyncSession:
+    """Every test here runs on both dialects (see tests/core/conftest.py)."""
+    return dialect_db
 
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -214,9 +181,9 @@ async def test_a_status_older_than_the_last_change_is_stale_and_writes_only_its_
 
 @pytest.mark.postgres
 async def test_direct_status_claims_locks_and_applies_in_one_statement(
-    postgres_writes_url: str,
+    postgres_dialect_url: str,
 ) -> None:
-    engine = create_engine(DatabaseSettings(url=postgres_writes_url))
+    engine = create_engine(DatabaseSettings(url=postgres_dialect_url))
     try:
         async with engine.connect() as connection:
             outer = await connection.begin()

@@ -6,7 +6,6 @@ skipped without a server, required in CI), so the dialect-specific statements ar
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,53 +23,19 @@ from chargeghar_core.iot.snapshots import (
     SnapshotRepository,
     applicable_together,
 )
-from chargeghar_core.kit.db import create_engine
-from chargeghar_core.kit.migrate import migrate
 from chargeghar_core.powerbanks.models import PowerBank, PowerBankConditionHistory
 from chargeghar_core.powerbanks.repository import BankObservation
-from chargeghar_core.settings import DatabaseSettings
 from chargeghar_core.stations.models import Station, StationSlot, StationStatusHistory, SyncLog
 from chargeghar_core.stations.repository import SlotObservation
 from core_support import new_bank_serial, new_imei
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-
-@pytest.fixture(scope="session")
-async def sqlite_repository_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('repository') / 'core.sqlite3'}"
-    await migrate(DatabaseSettings(url=url))
-    return url
-
-
-@pytest.fixture(scope="session")
-async def postgres_repository_url(postgres_url: str) -> str:
-    await migrate(DatabaseSettings(url=postgres_url))
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def repository_url(request: pytest.FixtureRequest) -> str:
-    fixture = "sqlite_repository_url" if request.param == "sqlite" else "postgres_repository_url"
-    return str(request.getfixturevalue(fixture))
+from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @pytest.fixture
-async def repository_engine(repository_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(url=repository_url))
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def db(repository_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """A session inside a transaction that is rolled back after the test."""
-    async with repository_engine.connect() as connection:
-        outer = await connection.begin()
-        maker = async_sessionmaker(bind=connection, join_transaction_mode="create_savepoint", autoflush=False)
-        async with maker() as session:
-            yield session
-        await outer.rollback()
+def db(dialect_db: AsyncSession) -> AsyncSession:
+    """Every test here runs on both dialects (see tests/core/conftest.py)."""
+    return dialect_db
 
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)

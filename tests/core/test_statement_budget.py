@@ -9,8 +9,6 @@ slot_event, return_failed, command_result — are counted in test_event_budget.p
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from core_support import (
     INTERNAL_BATCH,
@@ -19,23 +17,9 @@ from core_support import (
     full_event,
     new_bank_serial,
     new_imei,
+    on_postgres,
+    sent_by,
 )
-
-
-def _postgres(client: CoreClient) -> bool:
-    return str(client.app.state.settings.db.url).startswith("postgresql")
-
-
-async def _measured(counter: StatementCounter, send: Callable[[], Awaitable[Any]]) -> list[str]:
-    counter.statements.clear()
-    counter.active = True
-    try:
-        response = await send()
-    finally:
-        counter.active = False
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True
-    return list(counter.statements)
 
 
 async def _steady_full_sync(client: CoreClient, counter: StatementCounter, slot_count: int) -> list[str]:
@@ -44,7 +28,7 @@ async def _steady_full_sync(client: CoreClient, counter: StatementCounter, slot_
     # The first sync creates the station and banks; the measured one is the steady state (same banks, moved).
     assert (await client.sync(full_event(imei, banks))).status_code == 200
     shifted = {n: banks.get(n - 1) for n in range(1, slot_count + 1)}
-    return await _measured(counter, lambda: client.sync(full_event(imei, shifted, battery=55)))
+    return await sent_by(counter, lambda: client.sync(full_event(imei, shifted, battery=55)))
 
 
 async def test_full_sync_costs_a_constant_number_of_round_trips(
@@ -56,7 +40,7 @@ async def test_full_sync_costs_a_constant_number_of_round_trips(
     # PostgreSQL inside the test's transaction: SAVEPOINT (BEGIN), the station lock, ONE statement that
     # claims, checks and writes everything, RELEASE (COMMIT). Outside a transaction the lock is part of
     # the statement and BEGIN/COMMIT are not sent: see test_snapshot_round_trips.py.
-    budget = 4 if _postgres(client) else 15
+    budget = 4 if on_postgres(client) else 15
     assert len(small) <= budget, small
     assert not any("FROM rentals" in statement and "FOR UPDATE" in statement for statement in small), small
 
@@ -70,7 +54,7 @@ async def _batch(client: CoreClient, counter: StatementCounter, size: int) -> li
         {**full_event(imei, {1: None, 2: banks[imei]}, battery=60), "event_id": uuid.uuid4().hex}
         for imei in imeis
     ]
-    statements = await _measured(counter, lambda: client.post_signed(INTERNAL_BATCH, {"events": events}))
+    statements = await sent_by(counter, lambda: client.post_signed(INTERNAL_BATCH, {"events": events}))
     response = await client.post_signed(INTERNAL_BATCH, {"events": events})
     # Sent again: every event is a duplicate now (the set-based pass steps aside for the general one).
     assert all(item["data"]["duplicate"] for item in response.json()["data"]["results"])
@@ -82,7 +66,7 @@ async def test_batch_of_full_syncs_costs_a_constant_number_of_round_trips(
 ) -> None:
     small = await _batch(client, statement_counter, 5)
     large = await _batch(client, statement_counter, 20)
-    if _postgres(client):
+    if on_postgres(client):
         # SAVEPOINT of the request, SAVEPOINT of the set-based pass, the station locks, ONE statement for
         # every snapshot, two RELEASEs: the same for 5 and for 20 snapshots of 5 and 20 stations.
         assert len(small) == len(large) <= 6, (small, large)

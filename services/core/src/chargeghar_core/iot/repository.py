@@ -17,28 +17,32 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    cast,
     column,
     delete,
     exists,
     func,
     literal_column,
     not_,
-    or_,
     select,
     true,
-    update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from chargeghar_core.iot.models import ProcessedEvent
+from chargeghar_core.iot.statements import (
+    BANKS,
+    LOGS,
+    RENTALS,
+    STATIONS,
+    claim_insert,
+    json_from_text,
+    open_rental_status,
+    replay_then_claim,
+    store_result,
+)
 from chargeghar_core.kit.db import UTCDateTime, dialect_name, insert_for_dialect, table_of
-from chargeghar_core.powerbanks.models import PowerBank
 from chargeghar_core.powerbanks.repository import BankObservation, BankWritten, PowerBankRepository
-from chargeghar_core.rentals.models import OPEN_STATUSES, Rental
 from chargeghar_core.stations.models import Station, SyncLog
 from chargeghar_core.stations.repository import SlotObservation, StationRepository
 
@@ -71,34 +75,26 @@ def _claim(dialect: str) -> Any:
 @lru_cache(maxsize=1)
 def _complete() -> Any:
     """An event's stored result (what a duplicate is answered)."""
-    table = table_of(ProcessedEvent)
-    return (
-        update(table)
-        .where(table.c.event_key == bindparam("key"))
-        .values(
-            outcome=bindparam("outcome"),
-            station_id=bindparam("result_station_id"),
-            result=bindparam("result"),
-        )
+    return store_result(
+        bindparam("key"),
+        outcome=bindparam("outcome"),
+        station_id=bindparam("result_station_id"),
+        result=bindparam("result"),
     )
 
 
-@lru_cache(maxsize=4)
-def _sync_log_insert(dialect: str) -> Any:
+@lru_cache(maxsize=1)
+def _sync_log_insert() -> Any:
     """One sync-log row. The payload arrives already serialised (the event as received) and is stored
     without a decode/encode round: bound as text, cast to JSONB on PostgreSQL (SQLite keeps JSON as text)."""
-    table = table_of(SyncLog)
-    payload: Any = bindparam("log_payload", type_=String())
-    if dialect == "postgresql":
-        payload = cast(payload, JSONB)
-    return table.insert().values(
+    return LOGS.insert().values(
         id=bindparam("log_id"),
         station_id=bindparam("log_station_id"),
         station_key=bindparam("log_station_key"),
         event_type=bindparam("log_event_type"),
         event_id=bindparam("log_event_id"),
         outcome=bindparam("log_outcome"),
-        payload=payload,
+        payload=json_from_text(bindparam("log_payload", type_=String())),
         error=None,
         duration_ms=bindparam("log_duration_ms"),
         created_at=bindparam("log_created_at"),
@@ -109,25 +105,16 @@ def _sync_log_insert(dialect: str) -> Any:
 def _pg_complete_and_log() -> Any:
     """PostgreSQL: the event's result and its sync-log row in one round trip (two tables, no interaction)."""
     completed = _complete().returning(literal_column("1")).cte("completed")
-    return _sync_log_insert("postgresql").add_cte(completed)
-
-
-def open_rental_status(rentals: Any) -> Any:
-    """``status IN ('PENDING_POPUP', …)`` with the statuses written into the SQL: the planner matches it
-    with the predicate of the open-rental partial unique index only when the values are in the text (a bound
-    parameter would not prove the index applies)."""
-    return rentals.c.status.in_([literal_column(f"'{status}'") for status in OPEN_STATUSES])
+    return _sync_log_insert().add_cte(completed)
 
 
 def open_rental_serials() -> Any:
     """Which of the banks named by the ``serials`` array have an open rental: through the banks' unique
     serial index and the open-rental partial unique index, i.e. two index probes per serial."""
-    banks = table_of(PowerBank)
-    rentals = table_of(Rental)
     return (
-        select(banks.c.serial_number)
-        .join(rentals, and_(rentals.c.power_bank_id == banks.c.id, open_rental_status(rentals)))
-        .where(banks.c.serial_number == any_(bindparam("serials", type_=ARRAY(String()))))
+        select(BANKS.c.serial_number)
+        .join(RENTALS, and_(RENTALS.c.power_bank_id == BANKS.c.id, open_rental_status(RENTALS)))
+        .where(BANKS.c.serial_number == any_(bindparam("serials", type_=ARRAY(String()))))
     )
 
 
@@ -142,42 +129,22 @@ def _pg_claim_and_lock() -> Any:
     held), the station row lock, and which banks the event names have an open rental (the rentals domain is
     asked only about those). The station comes from a LATERAL subquery outer-joined to the one-row summary:
     the row lock stays legal and a missing station yields NULLs (None), not an empty result."""
-    events = table_of(ProcessedEvent)
-    stations = table_of(Station)
     replay_key = bindparam("replay_key", type_=String())
-    event_type = bindparam("event_type", type_=String())
-    now = bindparam("now", type_=UTCDateTime())
-    replay = (
-        pg_insert(events)
-        .from_select(
-            ["event_key", "event_type", "created_at"],
-            select(replay_key, event_type, now).where(replay_key.is_not(None)),
-        )
-        .on_conflict_do_nothing(index_elements=[events.c.event_key])
-        .returning(events.c.event_key)
-        .cte("replay")
+    replay, claim = replay_then_claim(
+        event_key=bindparam("event_key", type_=String()),
+        event_type=bindparam("event_type", type_=String()),
+        now=bindparam("now", type_=UTCDateTime()),
+        replay_key=replay_key,
     )
     replay_held = exists(select(replay.c.event_key))
-    claim = (
-        pg_insert(events)
-        .from_select(
-            ["event_key", "event_type", "created_at"],
-            select(bindparam("event_key", type_=String()), event_type, now).where(
-                or_(replay_key.is_(None), replay_held)
-            ),
-        )
-        .on_conflict_do_nothing(index_elements=[events.c.event_key])
-        .returning(events.c.event_key)
-        .cte("claim")
-    )
     summary = select(
         select(func.count()).select_from(claim).scalar_subquery().label("claimed"),
         and_(replay_key.is_not(None), not_(replay_held)).label("replayed"),
         _rented_array(),
     ).subquery("summary")
     locked = (
-        select(stations)
-        .where(stations.c.imei == bindparam("imei", type_=String()))
+        select(STATIONS)
+        .where(STATIONS.c.imei == bindparam("imei", type_=String()))
         .with_for_update()
         .lateral("station")
     )
@@ -204,23 +171,13 @@ class ClaimResult:
 def _pg_claim_many() -> Any:
     """PostgreSQL, a whole batch at once: claim every key (a key repeated in the batch is claimed once, by
     its first occurrence) ..."""
-    events = table_of(ProcessedEvent)
     pairs = (
         func.unnest(bindparam("keys", type_=ARRAY(String())), bindparam("types", type_=ARRAY(String())))
         .table_valued(column("event_key", String()), column("event_type", String()), with_ordinality="n")
         .render_derived(name="u")
     )
-    return (
-        pg_insert(events)
-        .from_select(
-            ["event_key", "event_type", "created_at"],
-            select(pairs.c.event_key, pairs.c.event_type, bindparam("now", type_=UTCDateTime())).order_by(
-                pairs.c.n
-            ),
-        )
-        .on_conflict_do_nothing(index_elements=[events.c.event_key])
-        .returning(events.c.event_key)
-    )
+    now = bindparam("now", type_=UTCDateTime())
+    return claim_insert(select(pairs.c.event_key, pairs.c.event_type, now).order_by(pairs.c.n))
 
 
 @lru_cache(maxsize=1)
@@ -337,16 +294,15 @@ class ProcessedEventRepository:
             "result": result,
             **_log_params(log),
         }
-        dialect = dialect_name(self.session)
-        if dialect == "postgresql":
+        if dialect_name(self.session) == "postgresql":
             # One round trip: the update rides along as a data-modifying CTE of the insert.
             await self.session.execute(_pg_complete_and_log(), parameters)
             return
         await self.session.execute(_complete(), parameters)
-        await self.session.execute(_sync_log_insert(dialect), parameters)
+        await self.session.execute(_sync_log_insert(), parameters)
 
     async def add_log(self, log: SyncLogRow) -> None:
-        await self.session.execute(_sync_log_insert(dialect_name(self.session)), _log_params(log))
+        await self.session.execute(_sync_log_insert(), _log_params(log))
 
 
 def _log_params(log: SyncLogRow) -> dict[str, Any]:

@@ -75,21 +75,28 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chargeghar_core.iot.models import ProcessedEvent
-from chargeghar_core.iot.repository import open_rental_status
-from chargeghar_core.kit.db import dialect_name, table_of
-from chargeghar_core.powerbanks.models import BankCondition, PowerBank, PowerBankConditionHistory
-from chargeghar_core.powerbanks.repository import BankObservation, bank_upsert_set
-from chargeghar_core.rentals.models import Rental
-from chargeghar_core.stations.models import (
-    SlotStatus,
-    Station,
-    StationSlot,
-    StationStatus,
-    StationStatusHistory,
-    SyncLog,
-    SyncOutcome,
+from chargeghar_core.iot.statements import (
+    BANK_ROW,
+    BANKS,
+    CLAIM_ROW,
+    CONDITION_ROW,
+    CONDITIONS,
+    HISTORY,
+    LOGS,
+    PROCESSED,
+    RENTALS,
+    SLOT_ROW,
+    SLOTS,
+    STATIONS,
+    STATUS_HISTORY_ROW,
+    SYNC_LOG_ROW,
+    claim_insert,
+    open_rental_status,
 )
+from chargeghar_core.kit.db import dialect_name
+from chargeghar_core.powerbanks.models import BankCondition
+from chargeghar_core.powerbanks.repository import BankObservation, bank_upsert_set
+from chargeghar_core.stations.models import SlotStatus, StationStatus, SyncOutcome
 from chargeghar_core.stations.repository import slot_upsert_set
 
 # PostgreSQL's "lock_not_available": the NOWAIT lock found the station busy.
@@ -143,134 +150,88 @@ def _array_of(query: Any, item: Any) -> Any:
     return func.array(query.scalar_subquery(), type_=ARRAY(item))
 
 
+def _rows_of_arrays(name: str, *columns: tuple[str, str, Any]) -> Any:
+    """The CTE ``name`` of one row per index of the array parameters: ``(column, parameter, item type)``
+    each (``unnest`` of several arrays zips them)."""
+    return select(
+        func.unnest(*(_array(parameter, item) for _, parameter, item in columns))
+        .table_valued(*(column(name_, item) for name_, _, item in columns))
+        .render_derived(name="t")
+    ).cte(name)
+
+
 @lru_cache(maxsize=1)
 def _apply_statement() -> Any:
     """The statement, built once (SQLAlchemy caches its compiled form; asyncpg prepares it once per
     connection: every value is an array parameter, so the SQL text never changes)."""
-    stations = table_of(Station)
-    slots = table_of(StationSlot)
-    banks = table_of(PowerBank)
-    events = table_of(ProcessedEvent)
-    conditions = table_of(PowerBankConditionHistory)
-    status_history = table_of(StationStatusHistory)
-    sync_logs = table_of(SyncLog)
-    rentals = table_of(Rental)
     timestamp = DateTime(timezone=True)
     # Rows changed by a snapshot without being one of its rows (detached banks, emptied slots).
     statement_now = bindparam("now", type_=timestamp)
 
-    ev = (
-        select(
-            func.unnest(
-                _array("keys", String),
-                _array("types", String),
-                _array("replay_keys", String),
-                _array("imeis", String),
-                _array("observed", timestamp),
-                _array("device_statuses", String),
-                _array("totals", Integer),
-                _array("patches", String),
-                _array("heartbeats", timestamp),
-                _array("results", String),
-                _array("log_ids", Uuid),
-                _array("payloads", String),
-                _array("durations", Float),
-                _array("nows", timestamp),
-            )
-            .table_valued(
-                column("key", String),
-                column("type", String),
-                column("replay_key", String),
-                column("imei", String),
-                column("observed_at", timestamp),
-                column("device_status", String),
-                column("total_slots", Integer),
-                column("patch", String),
-                column("heartbeat", timestamp),
-                column("result", String),
-                column("log_id", Uuid),
-                column("payload", String),
-                column("duration", Float),
-                column("now", timestamp),
-            )
-            .render_derived(name="t")
-        )
-    ).cte("ev")
-    bank_in = (
-        select(
-            func.unnest(
-                _array("bank_imeis", String),
-                _array("bank_serials", String),
-                _array("bank_models", String),
-                _array("bank_capacities", Integer),
-                _array("bank_statuses", String),
-                _array("bank_batteries", Integer),
-                _array("bank_infos", String),
-                _array("bank_slots", Integer),
-                _array("bank_conditions", String),
-                _array("bank_codes", String),
-            )
-            .table_valued(
-                column("imei", String),
-                column("serial", String),
-                column("model", String),
-                column("capacity", Integer),
-                column("status", String),
-                column("battery", Integer),
-                column("info", String),
-                column("slot", Integer),
-                column("condition", String),
-                column("code", String),
-            )
-            .render_derived(name="t")
-        )
-    ).cte("bank_in")
-    slot_in = (
-        select(
-            func.unnest(
-                _array("slot_imeis", String),
-                _array("slot_numbers", Integer),
-                _array("slot_statuses", String),
-                _array("slot_batteries", Integer),
-                _array("slot_serials", String),
-                _array("slot_metas", String),
-            )
-            .table_valued(
-                column("imei", String),
-                column("number", Integer),
-                column("status", String),
-                column("battery", Integer),
-                column("serial", String),
-                column("metadata", String),
-            )
-            .render_derived(name="t")
-        )
-    ).cte("slot_in")
+    ev = _rows_of_arrays(
+        "ev",
+        ("key", "keys", String),
+        ("type", "types", String),
+        ("replay_key", "replay_keys", String),
+        ("imei", "imeis", String),
+        ("observed_at", "observed", timestamp),
+        ("device_status", "device_statuses", String),
+        ("total_slots", "totals", Integer),
+        ("patch", "patches", String),
+        ("heartbeat", "heartbeats", timestamp),
+        ("result", "results", String),
+        ("log_id", "log_ids", Uuid),
+        ("payload", "payloads", String),
+        ("duration", "durations", Float),
+        ("now", "nows", timestamp),
+    )
+    bank_in = _rows_of_arrays(
+        "bank_in",
+        ("imei", "bank_imeis", String),
+        ("serial", "bank_serials", String),
+        ("model", "bank_models", String),
+        ("capacity", "bank_capacities", Integer),
+        ("status", "bank_statuses", String),
+        ("battery", "bank_batteries", Integer),
+        ("info", "bank_infos", String),
+        ("slot", "bank_slots", Integer),
+        ("condition", "bank_conditions", String),
+        ("code", "bank_codes", String),
+    )
+    slot_in = _rows_of_arrays(
+        "slot_in",
+        ("imei", "slot_imeis", String),
+        ("number", "slot_numbers", Integer),
+        ("status", "slot_statuses", String),
+        ("battery", "slot_batteries", Integer),
+        ("serial", "slot_serials", String),
+        ("metadata", "slot_metas", String),
+    )
 
     # The stations, locked (NOWAIT: see the module docstring), with the row version the lock returned.
     locked = (
         select(
-            stations.c.id,
-            stations.c.imei,
-            stations.c.serial_number,
-            stations.c.status,
-            stations.c.status_changed_at,
-            stations.c.observed_at,
-            stations.c.is_maintenance,
+            STATIONS.c.id,
+            STATIONS.c.imei,
+            STATIONS.c.serial_number,
+            STATIONS.c.status,
+            STATIONS.c.status_changed_at,
+            STATIONS.c.observed_at,
+            STATIONS.c.is_maintenance,
             literal_column("stations.xmin").label("row_version"),
         )
-        .where(stations.c.imei == any_(_array("imeis", String)))
+        .where(STATIONS.c.imei == any_(_array("imeis", String)))
         .with_for_update(nowait=True)
         .cte("locked")
     )
-    seen = stations.alias("seen")
+    seen = STATIONS.alias("seen")
     seen_version = select(literal_column("seen.xmin")).where(seen.c.id == locked.c.id).scalar_subquery()
     rented = exists().where(
-        banks.c.serial_number == any_(_array("bank_serials", String)),
-        rentals.c.power_bank_id == banks.c.id,
-        open_rental_status(rentals),
+        BANKS.c.serial_number == any_(_array("bank_serials", String)),
+        RENTALS.c.power_bank_id == BANKS.c.id,
+        open_rental_status(RENTALS),
     )
-    known = exists().where(or_(events.c.event_key == ev.c.key, events.c.event_key == ev.c.replay_key))
+    known = exists().where(or_(PROCESSED.c.event_key == ev.c.key, PROCESSED.c.event_key == ev.c.replay_key))
     # Every snapshot can be applied here and now: its station exists (and its row did not change since
     # the statement started), it is not stale, its event is new, and no bank it names is out on a rental.
     gate = (
@@ -286,31 +247,20 @@ def _apply_statement() -> Any:
     )
     checked = select(gate.c.ok).scalar_subquery()
 
-    replay_insert = pg_insert(events).from_select(
-        ["event_key", "event_type", "created_at"],
-        select(ev.c.replay_key, ev.c.type, ev.c.now).where(ev.c.replay_key.is_not(None), checked),
-    )
-    replayed = (
-        replay_insert.on_conflict_do_nothing(index_elements=[events.c.event_key])
-        .returning(events.c.event_key)
-        .cte("replayed")
-    )
+    replayed = claim_insert(
+        select(ev.c.replay_key, ev.c.type, ev.c.now).where(ev.c.replay_key.is_not(None), checked)
+    ).cte("replayed")
     stored_result = cast(ev.c.result, JSONB).op("||", return_type=JSONB)(
         func.jsonb_build_object(
             "station_id", cast(locked.c.id, String), "station_serial", locked.c.serial_number
         )
     )
-    claim_insert = pg_insert(events).from_select(
-        ["event_key", "event_type", "created_at", "outcome", "station_id", "result"],
+    claimed = claim_insert(
         select(ev.c.key, ev.c.type, ev.c.now, literal(SyncOutcome.SUCCESS.value), locked.c.id, stored_result)
         .select_from(ev.join(locked, locked.c.imei == ev.c.imei))
         .where(checked, or_(ev.c.replay_key.is_(None), ev.c.replay_key.in_(select(replayed.c.event_key)))),
-    )
-    claimed = (
-        claim_insert.on_conflict_do_nothing(index_elements=[events.c.event_key])
-        .returning(events.c.event_key)
-        .cte("claimed")
-    )
+        columns=(*CLAIM_ROW, "outcome", "station_id", "result"),
+    ).cte("claimed")
     all_claimed = (
         select((func.count() == bindparam("n", type_=Integer)).label("ok"))
         .select_from(claimed)
@@ -345,31 +295,14 @@ def _apply_statement() -> Any:
 
     # Banks: upsert (the prior conditions read from the statement's snapshot, i.e. before the upsert).
     prior = (
-        select(banks.c.id, banks.c.serial_number, banks.c.condition, banks.c.condition_code)
-        .where(banks.c.serial_number == any_(_array("bank_serials", String)))
+        select(BANKS.c.id, BANKS.c.serial_number, BANKS.c.condition, BANKS.c.condition_code)
+        .where(BANKS.c.serial_number == any_(_array("bank_serials", String)))
         .cte("prior")
     )
-    bank_insert = pg_insert(banks)
+    bank_insert = pg_insert(BANKS)
     written_banks = (
         bank_insert.from_select(
-            [
-                "id",
-                "serial_number",
-                "model",
-                "capacity_mah",
-                "status",
-                "battery_level",
-                "hardware_info",
-                "current_station_id",
-                "current_slot_number",
-                "total_rentals",
-                "charge_cycles",
-                "last_seen_at",
-                "created_at",
-                "condition",
-                "condition_code",
-                "condition_changed_at",
-            ],
+            BANK_ROW,
             select(
                 func.gen_random_uuid(),
                 bank_in.c.serial,
@@ -390,9 +323,9 @@ def _apply_statement() -> Any:
             ).select_from(bank_in.join(applied, applied.c.imei == bank_in.c.imei)),
         )
         .on_conflict_do_update(
-            index_elements=[banks.c.serial_number], set_=bank_upsert_set(banks, bank_insert.excluded)
+            index_elements=[BANKS.c.serial_number], set_=bank_upsert_set(BANKS, bank_insert.excluded)
         )
-        .returning(banks.c.id, banks.c.serial_number, banks.c.battery_level)
+        .returning(BANKS.c.id, BANKS.c.serial_number, BANKS.c.battery_level)
         .cte("banks_written")
     )
     condition_changed = or_(
@@ -406,20 +339,9 @@ def _apply_statement() -> Any:
         ),
     )
     condition_rows = (
-        pg_insert(conditions)
+        pg_insert(CONDITIONS)
         .from_select(
-            [
-                "id",
-                "power_bank_id",
-                "previous_condition",
-                "previous_code",
-                "condition",
-                "condition_code",
-                "station_id",
-                "slot_number",
-                "source",
-                "changed_at",
-            ],
+            CONDITION_ROW,
             select(
                 func.gen_random_uuid(),
                 written_banks.c.id,
@@ -439,20 +361,20 @@ def _apply_statement() -> Any:
             )
             .where(condition_changed),
         )
-        .returning(conditions.c.id)
+        .returning(CONDITIONS.c.id)
         .cte("condition_rows")
     )
     # The applied stations' ids, for index probes (see _array_of).
     station_ids = _array_of(select(applied.c.station_id), Uuid)
     # Banks recorded at one of the stations that its snapshot no longer lists: somewhere else now.
     detached = (
-        update(banks)
+        update(BANKS)
         .where(
-            banks.c.current_station_id == any_(station_ids),
-            not_(banks.c.serial_number == any_(_array("bank_serials", String))),
+            BANKS.c.current_station_id == any_(station_ids),
+            not_(BANKS.c.serial_number == any_(_array("bank_serials", String))),
         )
         .values(current_station_id=None, current_slot_number=None, modified_at=statement_now)
-        .returning(banks.c.id)
+        .returning(BANKS.c.id)
         .cte("detached")
     )
 
@@ -461,27 +383,18 @@ def _apply_statement() -> Any:
     # shrank), and every other slot holding a bank at one of the stations or holding a bank the snapshots
     # place elsewhere (emptied).
     listed = exists().where(
-        applied.c.station_id == slots.c.station_id,
+        applied.c.station_id == SLOTS.c.station_id,
         slot_in.c.imei == applied.c.imei,
-        slot_in.c.number == slots.c.slot_number,
+        slot_in.c.number == SLOTS.c.slot_number,
     )
     outside = exists().where(
-        applied.c.station_id == slots.c.station_id,
-        or_(slots.c.slot_number > applied.c.total_slots, slots.c.slot_number < 1),
+        applied.c.station_id == SLOTS.c.station_id,
+        or_(SLOTS.c.slot_number > applied.c.total_slots, SLOTS.c.slot_number < 1),
     )
-    slot_insert = pg_insert(slots)
+    slot_insert = pg_insert(SLOTS)
     written_slots = (
         slot_insert.from_select(
-            [
-                "id",
-                "station_id",
-                "slot_number",
-                "status",
-                "battery_level",
-                "power_bank_id",
-                "slot_metadata",
-                "created_at",
-            ],
+            SLOT_ROW,
             select(
                 func.gen_random_uuid(),
                 applied.c.station_id,
@@ -499,38 +412,38 @@ def _apply_statement() -> Any:
             ),
         )
         .on_conflict_do_update(
-            index_elements=[slots.c.station_id, slots.c.slot_number],
+            index_elements=[SLOTS.c.station_id, SLOTS.c.slot_number],
             set_=slot_upsert_set(slot_insert.excluded),
         )
-        .returning(slots.c.id)
+        .returning(SLOTS.c.id)
         .cte("slots_written")
     )
-    at_stations = slots.c.station_id == any_(station_ids)
+    at_stations = SLOTS.c.station_id == any_(station_ids)
     removed = (
-        delete(slots).where(at_stations, outside, not_(listed)).returning(slots.c.id).cte("slots_removed")
+        delete(SLOTS).where(at_stations, outside, not_(listed)).returning(SLOTS.c.id).cte("slots_removed")
     )
     # The slots holding a bank at these stations or holding a bank the snapshots place: by id, so that each
     # half is an index scan (an OR of the two would scan every slot).
     candidates = union(
-        select(slots.c.id).where(at_stations, slots.c.power_bank_id.is_not(None)),
-        select(slots.c.id).where(slots.c.power_bank_id == any_(_array_of(select(written_banks.c.id), Uuid))),
+        select(SLOTS.c.id).where(at_stations, SLOTS.c.power_bank_id.is_not(None)),
+        select(SLOTS.c.id).where(SLOTS.c.power_bank_id == any_(_array_of(select(written_banks.c.id), Uuid))),
     )
     released = (
-        update(slots)
+        update(SLOTS)
         .where(
-            slots.c.id == any_(_array_of(candidates, Uuid)),
+            SLOTS.c.id == any_(_array_of(candidates, Uuid)),
             not_(listed),
             not_(outside),
         )
         .values(
             power_bank_id=None,
             status=case(
-                (slots.c.status == SlotStatus.OCCUPIED.value, SlotStatus.AVAILABLE.value),
-                else_=slots.c.status,
+                (SLOTS.c.status == SlotStatus.OCCUPIED.value, SlotStatus.AVAILABLE.value),
+                else_=SLOTS.c.status,
             ),
             modified_at=statement_now,
         )
-        .returning(slots.c.id)
+        .returning(SLOTS.c.id)
         .cte("slots_released")
     )
 
@@ -543,18 +456,9 @@ def _apply_statement() -> Any:
         ),
     )
     history_rows = (
-        pg_insert(status_history)
+        pg_insert(HISTORY)
         .from_select(
-            [
-                "id",
-                "station_id",
-                "previous_status",
-                "status",
-                "trigger",
-                "changed_at",
-                "previous_duration_s",
-                "channel",
-            ],
+            STATUS_HISTORY_ROW,
             select(
                 func.gen_random_uuid(),
                 applied.c.station_id,
@@ -566,39 +470,28 @@ def _apply_statement() -> Any:
                 null(),
             ).where(changed),
         )
-        .returning(status_history.c.id)
+        .returning(HISTORY.c.id)
         .cte("status_history_rows")
     )
     station_rows = (
-        update(stations)
-        .where(stations.c.id == any_(station_ids), stations.c.id == applied.c.station_id)
+        update(STATIONS)
+        .where(STATIONS.c.id == any_(station_ids), STATIONS.c.id == applied.c.station_id)
         .values(
             status=applied.c.new_status,
-            status_changed_at=case((changed, applied.c.observed_at), else_=stations.c.status_changed_at),
+            status_changed_at=case((changed, applied.c.observed_at), else_=STATIONS.c.status_changed_at),
             total_slots=applied.c.total_slots,
-            hardware_info=stations.c.hardware_info.op("||", return_type=JSONB)(cast(applied.c.patch, JSONB)),
+            hardware_info=STATIONS.c.hardware_info.op("||", return_type=JSONB)(cast(applied.c.patch, JSONB)),
             last_heartbeat=applied.c.heartbeat,
             observed_at=applied.c.observed_at,
             modified_at=applied.c.now,
         )
-        .returning(stations.c.id)
+        .returning(STATIONS.c.id)
         .cte("station_rows")
     )
     log_rows = (
-        pg_insert(sync_logs)
+        pg_insert(LOGS)
         .from_select(
-            [
-                "id",
-                "station_id",
-                "station_key",
-                "event_type",
-                "event_id",
-                "outcome",
-                "payload",
-                "error",
-                "duration_ms",
-                "created_at",
-            ],
+            SYNC_LOG_ROW,
             select(
                 applied.c.log_id,
                 applied.c.station_id,
@@ -612,7 +505,7 @@ def _apply_statement() -> Any:
                 applied.c.now,
             ),
         )
-        .returning(sync_logs.c.id)
+        .returning(LOGS.c.id)
         .cte("log_rows")
     )
     return (
@@ -628,11 +521,10 @@ def _apply_statement() -> Any:
 def _lock_statement() -> Any:
     """Inside a transaction: the stations locked first, in id order (two batches never wait on each other
     in a cycle), so that the apply statement's snapshot starts after every lock is held."""
-    stations = table_of(Station)
     return (
-        select(stations.c.id)
-        .where(stations.c.imei == any_(_array("imeis", String)))
-        .order_by(stations.c.id)
+        select(STATIONS.c.id)
+        .where(STATIONS.c.imei == any_(_array("imeis", String)))
+        .order_by(STATIONS.c.id)
         .with_for_update()
     )
 

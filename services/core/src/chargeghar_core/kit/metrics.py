@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PREFIX = "chargeghar_core_"
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_LABEL_LENGTH = 120
+# Distinct label sets remembered by CoreMetrics._labels (far more than the bounded label values produce).
+_LABEL_MEMO_SIZE = 4096
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -92,7 +95,7 @@ def _number(value: float) -> str:
 
 @dataclass(slots=True)
 class _Histogram:
-    counts: list[int]
+    counts: list[int]  # per bucket (not cumulative): observations in (previous bound, bound]
     total: float = 0.0
     count: int = 0
 
@@ -102,13 +105,28 @@ class CoreMetrics:
         self._lock = threading.Lock()
         self._counters: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, _Histogram]] = {}
+        self._label_memo: dict[tuple[Any, ...], Labels] = {}
 
-    @staticmethod
-    def _labels(name: str, values: Mapping[str, object]) -> Labels:
+    def _labels(self, name: str, values: Mapping[str, object]) -> Labels:
+        # Every request counts under the same few label sets: remember each one (bounded like the series
+        # themselves) instead of checking and formatting the labels again each time.
+        # (Label values are strings, enums and HTTP statuses; none is a bool, which would share 1's key.)
+        key = (name, *values.items())
+        memo_key: tuple[Any, ...] | None = key
+        labels: Labels | None = None
+        try:
+            labels = self._label_memo.get(key)
+        except TypeError:  # an unhashable label value: formatted below, not remembered
+            memo_key = None
+        if labels is not None:
+            return labels
         family = FAMILIES[name]
         if set(values) != set(family.labels):
             raise KeyError(f"{name} takes labels {family.labels}, got {sorted(values)}")
-        return tuple((key, str(values[key])[:MAX_LABEL_LENGTH]) for key in family.labels)
+        labels = tuple((key, str(values[key])[:MAX_LABEL_LENGTH]) for key in family.labels)
+        if memo_key is not None and len(self._label_memo) < _LABEL_MEMO_SIZE:
+            self._label_memo[memo_key] = labels
+        return labels
 
     def inc(self, name: str, amount: float = 1.0, **labels: object) -> None:
         if FAMILIES[name].kind != "counter":
@@ -127,9 +145,10 @@ class CoreMetrics:
             histogram = series.get(key)
             if histogram is None:
                 histogram = series[key] = _Histogram([0] * len(LATENCY_BUCKETS))
-            for index, bound in enumerate(LATENCY_BUCKETS):
-                if value <= bound:
-                    histogram.counts[index] += 1
+            # One count in the value's own bucket; the cumulative ``le`` counts are summed when rendered.
+            index = bisect_left(LATENCY_BUCKETS, value)
+            if index < len(LATENCY_BUCKETS):
+                histogram.counts[index] += 1
             histogram.total += value
             histogram.count += 1
 
@@ -176,8 +195,10 @@ class CoreMetrics:
     @staticmethod
     def _histogram_lines(metric: str, series: Mapping[Labels, _Histogram]) -> Iterable[str]:
         for labels, histogram in sorted(series.items()):
+            cumulative = 0
             for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=True):
-                yield f"{metric}_bucket{_label_text(labels, (('le', _number(bound)),))} {count}"
+                cumulative += count
+                yield f"{metric}_bucket{_label_text(labels, (('le', _number(bound)),))} {cumulative}"
             yield f"{metric}_bucket{_label_text(labels, (('le', '+Inf'),))} {histogram.count}"
             yield f"{metric}_sum{_label_text(labels)} {_number(histogram.total)}"
             yield f"{metric}_count{_label_text(labels)} {histogram.count}"
