@@ -139,3 +139,51 @@ async def test_a_batch_of_full_syncs_costs_the_same_round_trips_whatever_its_siz
     large = await _batch(client, round_trips, 20)
     # BEGIN, SAVEPOINT, the station locks, one statement for every snapshot, RELEASE, COMMIT.
     assert len(small) == len(large) <= 6, (small, large)
+
+
+async def test_a_batch_with_several_snapshots_per_station_is_applied_in_waves(
+    client: CoreClient, round_trips: RoundTrips, reader: AsyncEngine
+) -> None:
+    """The ingest sends up to 16 events of a station per batch: the k-th snapshots of all stations are
+    applied together (one wave), a station's snapshots stay in order, and the cost grows with the number of
+    waves, not with the number of stations."""
+
+    def at(second: int) -> str:
+        return f"2026-12-07T06:00:{second:02d}+00:00"
+
+    async def batch(stations: int) -> tuple[list[str], list[str], dict[str, str]]:
+        imeis = [new_imei() for _ in range(stations)]
+        banks = {imei: new_bank_serial() for imei in imeis}
+        first = [{**full_event(imei, {1: banks[imei], 2: None}, observed_at=at(0))} for imei in imeis]
+        assert (await client.post_signed(INTERNAL_BATCH, {"events": first})).status_code == 200
+        # Three snapshots per station, interleaved: the bank moves 1 → 2 → 1 → 2.
+        events = []
+        for second, slot in ((1, 2), (2, 1), (3, 2)):
+            for imei in imeis:
+                layout = {1: None, 2: None, slot: banks[imei]}
+                events.append(
+                    {**full_event(imei, layout, observed_at=at(second)), "event_id": uuid.uuid4().hex}
+                )
+        sent, body = await _measured(
+            round_trips, partial(client.post_signed, INTERNAL_BATCH, {"events": events})
+        )
+        results = body["data"]["results"]
+        assert all(item["success"] and item["data"]["applied"] for item in results), results
+        return sent, imeis, banks
+
+    few, _, _ = await batch(3)
+    many, imeis, banks = await batch(12)
+    # BEGIN, SAVEPOINT, then per wave the station locks and one statement for all its snapshots, RELEASE,
+    # COMMIT: three waves, whatever the number of stations.
+    # (A statement prepared the first time it is used on a connection is not a wave's cost.)
+    few, many = ([what for what in sent if what != "PREPARE"] for sent in (few, many))
+    assert len(few) == len(many) <= 4 + 3 * 2, (few, many)
+    async with reader.connect() as connection:
+        holders = await connection.execute(
+            select(Station.imei, StationSlot.slot_number)
+            .join(StationSlot, StationSlot.station_id == Station.id)
+            .where(Station.imei.in_(imeis), StationSlot.power_bank_id.is_not(None))
+        )
+    # The last snapshot of each station (bank in slot 2) is what the database holds.
+    assert sorted(holders.all()) == sorted((imei, 2) for imei in imeis)
+    assert len(banks) == 12

@@ -373,8 +373,9 @@ class _NotSetBased(Exception):
 async def _apply_batch_set_based(
     session: AsyncSession, processor: StationEventProcessor, items: list[_BatchItem]
 ) -> list[dict[str, Any]] | None:
-    """The commonest batch, full snapshots of distinct stations, applied set-based (PostgreSQL): the
-    stations locked by one statement and every snapshot applied by one more, whatever the batch's size.
+    """The commonest batch, full snapshots, applied set-based (PostgreSQL) in waves: wave k holds the k-th
+    snapshot of each station in the batch (a station's snapshots stay in order), and each wave costs one
+    statement locking its stations and one applying all of its snapshots, whatever the number of stations.
 
     None (nothing kept) when the batch holds anything else or any snapshot needs the general path (a new
     station, a stale or repeated snapshot, a bank out on a rental, a failure): the caller goes on with the
@@ -383,22 +384,40 @@ async def _apply_batch_set_based(
         return None
     if any(item.event is None or item.parse_failure is not None for item in items):
         return None
-    parsed = [(item.event, item.context) for item in items if item.event is not None]
-    if not all(isinstance(event, FullEvent) for event, _ in parsed):
+    if not all(isinstance(item.event, FullEvent) for item in items):
         return None
+    outcomes: dict[int, EventOutcome] = {}
     try:
         async with session.begin_nested():
-            try:
-                outcomes = await processor.apply_snapshots_at_once(parsed)
-            except Exception as exc:
-                raise _NotSetBased from exc
-            if outcomes is None:
-                raise _NotSetBased
+            for wave in _waves(items):
+                parsed = [(item.event, item.context) for item in wave if item.event is not None]
+                try:
+                    applied = await processor.apply_snapshots_at_once(parsed)
+                except Exception as exc:
+                    raise _NotSetBased from exc
+                if applied is None:
+                    raise _NotSetBased
+                outcomes.update((item.index, outcome) for item, outcome in zip(wave, applied, strict=True))
     except _NotSetBased as failed:
         if failed.__cause__ is not None:
             logger.info("batch_not_set_based", cause=repr(failed.__cause__))
         return None
-    return [_success_item(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
+    return [_success_item(item, outcomes[item.index]) for item in items]
+
+
+def _waves(items: list[_BatchItem]) -> list[list[_BatchItem]]:
+    """Wave k: the k-th event of every station in the batch, in request order."""
+    waves: list[list[_BatchItem]] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        assert item.event is not None
+        station = item.event.device.identity
+        wave = seen.get(station, 0)
+        seen[station] = wave + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(item)
+    return waves
 
 
 async def _apply_batch_at_once(
