@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import case, func, literal_column, or_, select
+from sqlalchemy import Select, case, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -263,22 +263,37 @@ class PowerBankRepository:
         limit: int,
         offset: int,
     ) -> tuple[list[PowerBank], int]:
-        query = select(PowerBank)
-        if status:
-            query = query.where(PowerBank.status == status)
-        if station_id:
-            query = query.where(PowerBank.current_station_id == station_id)
-        if search:
-            pattern = like_contains(search)
-            query = query.where(
-                or_(
-                    func.lower(PowerBank.serial_number).like(pattern, escape=LIKE_ESCAPE),
-                    func.lower(PowerBank.model).like(pattern, escape=LIKE_ESCAPE),
-                )
-            )
+        query = bank_inventory(status=status, station_id=station_id, search=search)
         total = await self.session.scalar(select(func.count()).select_from(query.subquery()))
         rows = await self.session.execute(query.order_by(PowerBank.serial_number).limit(limit).offset(offset))
         return list(rows.scalars()), int(total or 0)
+
+
+def bank_inventory(
+    *,
+    status: str | None = None,
+    station_id: uuid.UUID | None = None,
+    condition: str | None = None,
+    search: str | None = None,
+) -> Select[PowerBank]:
+    """The inventory filter of the admin API and the console: status, station, device condition, and a
+    case-insensitive part of the serial or model."""
+    query = select(PowerBank)
+    if status:
+        query = query.where(PowerBank.status == status)
+    if station_id:
+        query = query.where(PowerBank.current_station_id == station_id)
+    if condition:
+        query = query.where(PowerBank.condition == condition)
+    if search:
+        pattern = like_contains(search)
+        query = query.where(
+            or_(
+                func.lower(PowerBank.serial_number).like(pattern, escape=LIKE_ESCAPE),
+                func.lower(PowerBank.model).like(pattern, escape=LIKE_ESCAPE),
+            )
+        )
+    return query
 
 
 def _known_level(bank: BankObservation, before: tuple[int, str, str | None] | None) -> int:

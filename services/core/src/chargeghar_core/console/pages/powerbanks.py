@@ -5,18 +5,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Response
 from pydantic import ValidationError
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import func, select
 
 from chargeghar_core.console.context import Action, Page
 from chargeghar_core.console.pagination import PageNumber, Pager
-from chargeghar_core.kit.db import LIKE_ESCAPE, like_contains
 from chargeghar_core.kit.errors import CoreError
 from chargeghar_core.powerbanks.admin import bank_detail, set_operator_status
 from chargeghar_core.powerbanks.models import BankCondition, PowerBank
+from chargeghar_core.powerbanks.repository import bank_inventory
 from chargeghar_core.powerbanks.schemas import BankStatusFilter, OperatorStatusChange, PowerBankStatusUpdate
 from chargeghar_core.stations.models import Station
 
@@ -25,24 +25,6 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 CONDITIONS = (BankCondition.HEALTHY, BankCondition.FAULT)
 STATUS_CHOICES = tuple(status.value for status in BankStatusFilter)
 OPERATOR_CHANGES = tuple(change.value for change in OperatorStatusChange)
-
-
-def _bank_query(status: str | None, condition: str | None, search: str | None) -> Select[Any]:
-    # The API's inventory filter (PowerBankRepository.search_banks) plus the device condition.
-    query = select(PowerBank)
-    if status:
-        query = query.where(PowerBank.status == status)
-    if condition:
-        query = query.where(PowerBank.condition == condition)
-    if search:
-        pattern = like_contains(search)
-        query = query.where(
-            or_(
-                func.lower(PowerBank.serial_number).like(pattern, escape=LIKE_ESCAPE),
-                func.lower(PowerBank.model).like(pattern, escape=LIKE_ESCAPE),
-            )
-        )
-    return query
 
 
 @router.get("/powerbanks")
@@ -57,7 +39,7 @@ async def powerbanks(
     condition_filter = condition if condition in CONDITIONS else None
     search = (q or "").strip() or None
     size = ctx.settings.page_size
-    query = _bank_query(status_filter, condition_filter, search)
+    query = bank_inventory(status=status_filter, condition=condition_filter, search=search)
     total = int(await ctx.db.scalar(select(func.count()).select_from(query.subquery())) or 0)
     rows = (
         await ctx.db.execute(
